@@ -1,0 +1,221 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/examples/internal/payload"
+	"github.com/tsn-dra-driver/tsn-dra-driver/examples/internal/tai"
+)
+
+// maxTrackedSeq bounds the per-stream bitmap of seen sequence numbers (16 MiB).
+// Packets beyond it are counted but not checked for gaps or duplicates.
+const maxTrackedSeq = 1 << 27
+
+// maxRanges is how many missing-sequence ranges a stream lists in the summary.
+const maxRanges = 16
+
+type config struct {
+	listen   string
+	count    uint64
+	duration time.Duration
+	out      string
+}
+
+// report is the JSON summary.
+type report struct {
+	Listen string `json:"listen"`
+	// Packets counts datagrams with a talker header, Foreign those without,
+	// Malformed those whose header did not decode.
+	Packets   uint64         `json:"packets"`
+	Foreign   uint64         `json:"foreign"`
+	Malformed uint64         `json:"malformed"`
+	StartTAI  int64          `json:"start_tai_ns"`
+	EndTAI    int64          `json:"end_tai_ns"`
+	Streams   []*streamStats `json:"streams"`
+}
+
+// streamStats describes the packets of one talker stream at one priority.
+// Arrival times are CLOCK_TAI read when the receiver got the datagram from the
+// kernel, so they include the receiver's own scheduling delay.
+type streamStats struct {
+	Stream   string `json:"stream"`
+	Priority uint32 `json:"priority"`
+	Packets  uint64 `json:"packets"`
+	Bytes    uint64 `json:"bytes"`
+	FirstSeq uint64 `json:"first_seq"`
+	MaxSeq   uint64 `json:"max_seq"`
+	// Missing counts sequence numbers between the lowest and highest seen that
+	// never arrived; MissingRanges lists the first of them as [from, to].
+	Missing       uint64      `json:"missing"`
+	MissingRanges [][2]uint64 `json:"missing_ranges,omitempty"`
+	Duplicates    uint64      `json:"duplicates"`
+	// Reordered counts packets that arrived after one with a higher sequence number.
+	Reordered uint64 `json:"reordered"`
+	Untracked uint64 `json:"untracked,omitempty"`
+	// TxtimePackets carried a launch time; EarlyArrivals of them arrived before it.
+	TxtimePackets uint64     `json:"txtime_packets"`
+	EarlyArrivals uint64     `json:"early_arrivals"`
+	SinceLaunch   *durations `json:"since_launch_ns,omitempty"`
+	SinceSent     durations  `json:"since_sent_ns"`
+
+	seen   []uint64 // bitmap of seen sequence numbers
+	minSeq uint64
+}
+
+// durations summarises signed nanosecond intervals.
+type durations struct {
+	Min  int64 `json:"min"`
+	Mean int64 `json:"mean"`
+	Max  int64 `json:"max"`
+	n    int64
+	sum  int64
+}
+
+func (d *durations) add(v int64) {
+	if d.n == 0 || v < d.Min {
+		d.Min = v
+	}
+	if d.n == 0 || v > d.Max {
+		d.Max = v
+	}
+	d.n++
+	d.sum += v
+	d.Mean = d.sum / d.n
+}
+
+type streamKey struct {
+	stream   string
+	priority uint32
+}
+
+type recorder struct {
+	rep     report
+	streams map[streamKey]*streamStats
+}
+
+func newRecorder(listen string) *recorder {
+	return &recorder{rep: report{Listen: listen, StartTAI: tai.Now()}, streams: map[streamKey]*streamStats{}}
+}
+
+// record accounts one datagram that arrived at CLOCK_TAI time arrival.
+func (r *recorder) record(b []byte, arrival int64) {
+	h, err := payload.Parse(b)
+	switch {
+	case errors.Is(err, payload.ErrNotTalker):
+		r.rep.Foreign++
+		return
+	case err != nil:
+		r.rep.Malformed++
+		return
+	}
+	r.rep.Packets++
+	k := streamKey{h.Stream, h.Priority}
+	s := r.streams[k]
+	if s == nil {
+		s = &streamStats{Stream: h.Stream, Priority: h.Priority, FirstSeq: h.Seq, minSeq: h.Seq, MaxSeq: h.Seq}
+		r.streams[k] = s
+	}
+	s.Packets++
+	s.Bytes += uint64(len(b))
+	s.SinceSent.add(arrival - h.SentTime)
+	if h.Txtime() {
+		s.TxtimePackets++
+		if s.SinceLaunch == nil {
+			s.SinceLaunch = &durations{}
+		}
+		s.SinceLaunch.add(arrival - h.LaunchTime)
+		if arrival < h.LaunchTime {
+			s.EarlyArrivals++
+		}
+	}
+	if h.Seq >= maxTrackedSeq {
+		s.Untracked++
+		return
+	}
+	word, bit := h.Seq/64, uint64(1)<<(h.Seq%64)
+	if need := int(word) + 1; need > len(s.seen) {
+		s.seen = slices.Grow(s.seen, need-len(s.seen))[:need]
+	}
+	if s.seen[word]&bit != 0 {
+		s.Duplicates++
+		return
+	}
+	s.seen[word] |= bit
+	if h.Seq < s.MaxSeq {
+		s.Reordered++
+	}
+	s.MaxSeq = max(s.MaxSeq, h.Seq)
+	s.minSeq = min(s.minSeq, h.Seq)
+}
+
+// finish computes the gap statistics and returns the report.
+func (r *recorder) finish() *report {
+	r.rep.EndTAI = tai.Now()
+	r.rep.Streams = make([]*streamStats, 0, len(r.streams))
+	for _, s := range r.streams {
+		s.Missing, s.MissingRanges = 0, nil
+		hi := min(s.MaxSeq, maxTrackedSeq-1)
+		for seq := s.minSeq; seq <= hi && len(s.seen) > 0; seq++ {
+			if s.seen[seq/64]&(1<<(seq%64)) != 0 {
+				continue
+			}
+			s.Missing++
+			if n := len(s.MissingRanges); n > 0 && s.MissingRanges[n-1][1] == seq-1 {
+				s.MissingRanges[n-1][1] = seq
+			} else if n < maxRanges {
+				s.MissingRanges = append(s.MissingRanges, [2]uint64{seq, seq})
+			}
+		}
+		r.rep.Streams = append(r.rep.Streams, s)
+	}
+	slices.SortFunc(r.rep.Streams, func(a, b *streamStats) int {
+		return cmp.Or(cmp.Compare(a.Stream, b.Stream), cmp.Compare(a.Priority, b.Priority))
+	})
+	return &r.rep
+}
+
+// run receives until the count, the duration or ctx ends, then returns the
+// report. ready, if set, is called with the bound address before the first read.
+func run(ctx context.Context, cfg config, logger *log.Logger, ready func(net.Addr)) (*report, error) {
+	conn, err := net.ListenPacket("udp", cfg.listen)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %q: %w", cfg.listen, err)
+	}
+	defer conn.Close()
+	if cfg.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.duration)
+		defer cancel()
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+
+	rec := newRecorder(conn.LocalAddr().String())
+	logger.Printf("listening on %v", conn.LocalAddr())
+	if ready != nil {
+		ready(conn.LocalAddr())
+	}
+	buf := make([]byte, 65536)
+	for cfg.count == 0 || rec.rep.Packets < cfg.count {
+		n, _, err := conn.ReadFrom(buf)
+		arrival := tai.Now()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				break
+			}
+			return rec.finish(), fmt.Errorf("receiving: %w", err)
+		}
+		rec.record(buf[:n], arrival)
+	}
+	rep := rec.finish()
+	logger.Printf("received %d talker packets in %d streams, %d foreign, %d malformed",
+		rep.Packets, len(rep.Streams), rep.Foreign, rep.Malformed)
+	return rep, nil
+}
