@@ -1,0 +1,240 @@
+package qdisc
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+
+	"github.com/safchain/ethtool"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Client talks rtnetlink (and ethtool, for channels) in one network namespace.
+type Client struct {
+	ns    netns.NsHandle // not owned; netns.None() for the caller's namespace
+	sock  *nl.SocketHandle
+	links *netlink.Handle
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithNetNS makes the client work in the network namespace ns instead of the
+// caller's. The client does not close ns.
+func WithNetNS(ns netns.NsHandle) Option { return func(c *Client) { c.ns = ns } }
+
+// NewClient opens the netlink sockets the client needs.
+func NewClient(opts ...Option) (*Client, error) {
+	c := &Client{ns: netns.None()}
+	for _, o := range opts {
+		o(c)
+	}
+	s, err := nl.GetNetlinkSocketAt(c.ns, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open rtnetlink socket: %w", err)
+	}
+	// Extended acks carry the kernel's reason ("Invalid 'clockid'") into the error.
+	if err := s.SetExtAck(true); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("enable netlink extended acks: %w", err)
+	}
+	c.sock = &nl.SocketHandle{Socket: s}
+	if c.ns.IsOpen() {
+		c.links, err = netlink.NewHandleAt(c.ns, unix.NETLINK_ROUTE)
+	} else {
+		c.links, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+	}
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open netlink handle: %w", err)
+	}
+	return c, nil
+}
+
+// Close releases the sockets.
+func (c *Client) Close() {
+	c.links.Close()
+	c.sock.Socket.Close()
+}
+
+func (c *Client) execute(req *nl.NetlinkRequest, resType uint16) ([][]byte, error) {
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: c.sock}
+	return req.Execute(unix.NETLINK_ROUTE, resType)
+}
+
+// Link is a network device as the qdisc code needs it.
+type Link struct {
+	Device
+	Index int
+}
+
+// Link looks a device up by name. TxQueues is the number of queues in use: the
+// ethtool channel counts when the driver reports them, else the allocated count.
+func (c *Client) Link(name string) (Link, error) {
+	l, err := c.links.LinkByName(name)
+	if err != nil {
+		return Link{}, fmt.Errorf("find link %q: %w", name, err)
+	}
+	attrs := l.Attrs()
+	link := Link{Device: Device{Name: attrs.Name, TxQueues: attrs.NumTxQueues}, Index: attrs.Index}
+	if ch, err := c.Channels(name); err == nil {
+		if n := int(ch.TxCount + ch.CombinedCount); n > 0 {
+			link.TxQueues = n
+		}
+	}
+	return link, nil
+}
+
+// Installed is one qdisc as the kernel reports it.
+type Installed struct {
+	Handle Handle
+	Parent Handle
+	Kind   string
+	// Qdisc is the decoded model for kinds this package knows, else nil.
+	Qdisc Qdisc
+	// Options is the payload of TCA_OPTIONS as dumped.
+	Options []byte
+}
+
+// Default reports whether the kernel made this qdisc on its own (handle 0):
+// deleting what replaced it brings it back.
+func (q Installed) Default() bool { return q.Handle == 0 }
+
+func (q Installed) String() string {
+	return fmt.Sprintf("%s %s parent %s", q.Kind, q.Handle, q.Parent)
+}
+
+// List dumps the qdiscs of a device.
+func (c *Client) List(ifindex int) ([]Installed, error) {
+	req := nl.NewNetlinkRequest(unix.RTM_GETQDISC, unix.NLM_F_DUMP)
+	req.AddData(&nl.TcMsg{Ifindex: int32(ifindex)})
+	msgs, err := c.execute(req, unix.RTM_NEWQDISC)
+	if err != nil {
+		return nil, fmt.Errorf("dump qdiscs of ifindex %d: %w", ifindex, err)
+	}
+	var out []Installed
+	for _, m := range msgs {
+		if len(m) < nl.SizeofTcMsg {
+			return nil, fmt.Errorf("short qdisc message (%d bytes)", len(m))
+		}
+		tcm := nl.DeserializeTcMsg(m)
+		if int(tcm.Ifindex) != ifindex {
+			continue
+		}
+		attrs, err := nl.ParseRouteAttr(m[nl.SizeofTcMsg:])
+		if err != nil {
+			return nil, fmt.Errorf("parse qdisc attributes: %w", err)
+		}
+		q := Installed{Handle: Handle(tcm.Handle), Parent: Handle(tcm.Parent)}
+		for _, a := range attrs {
+			switch a.Attr.Type {
+			case nl.TCA_KIND:
+				q.Kind = unix.ByteSliceToString(a.Value)
+			case nl.TCA_OPTIONS:
+				q.Options = append([]byte(nil), a.Value...)
+			}
+		}
+		q.Qdisc, err = Decode(q.Kind, q.Options)
+		if err != nil {
+			return nil, fmt.Errorf("decode %s: %w", q, err)
+		}
+		out = append(out, q)
+	}
+	return out, nil
+}
+
+// Replace creates q at parent with handle, replacing what is there. When the
+// handle is new to the device the kernel builds the new qdisc first and swaps it
+// in, so a refused request leaves the old qdisc in place.
+func (c *Client) Replace(ifindex int, handle, parent Handle, q Qdisc) error {
+	req, err := newQdiscRequest(ifindex, handle, parent, q)
+	if err != nil {
+		return err
+	}
+	if _, err := c.execute(req, 0); err != nil {
+		return fmt.Errorf("replace %s %s parent %s: %w", q.Kind(), handle, parent, err)
+	}
+	return nil
+}
+
+// replaceRaw re-creates a dumped qdisc from its kind and options.
+func (c *Client) replaceRaw(ifindex int, q Installed) error {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWQDISC, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK)
+	req.AddData(&nl.TcMsg{Ifindex: int32(ifindex), Handle: uint32(q.Handle), Parent: uint32(q.Parent)})
+	req.AddData(nl.NewRtAttr(nl.TCA_KIND, nl.ZeroTerminated(q.Kind)))
+	if q.Options != nil {
+		req.AddData(nl.NewRtAttr(nl.TCA_OPTIONS, q.Options))
+	}
+	if _, err := c.execute(req, 0); err != nil {
+		return fmt.Errorf("re-create %s: %w", q, err)
+	}
+	return nil
+}
+
+// Delete removes the qdisc at parent (HandleRoot for the root qdisc).
+func (c *Client) Delete(ifindex int, parent Handle) error {
+	req := nl.NewNetlinkRequest(unix.RTM_DELQDISC, unix.NLM_F_ACK)
+	req.AddData(&nl.TcMsg{Ifindex: int32(ifindex), Parent: uint32(parent)})
+	if _, err := c.execute(req, 0); err != nil {
+		return fmt.Errorf("delete qdisc at %s: %w", parent, err)
+	}
+	return nil
+}
+
+// Channels reads the device's queue counts (ethtool -l).
+func (c *Client) Channels(name string) (ethtool.Channels, error) {
+	e, err := c.ethtool()
+	if err != nil {
+		return ethtool.Channels{}, err
+	}
+	defer e.Close()
+	ch, err := e.GetChannels(name)
+	if err != nil {
+		return ethtool.Channels{}, fmt.Errorf("get channels of %s: %w", name, err)
+	}
+	return ch, nil
+}
+
+// SetChannels sets the device's queue counts (ethtool -L).
+func (c *Client) SetChannels(name string, ch ethtool.Channels) error {
+	e, err := c.ethtool()
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	if _, err := e.SetChannels(name, ch); err != nil {
+		return fmt.Errorf("set channels of %s: %w", name, err)
+	}
+	return nil
+}
+
+// ethtool opens the ethtool ioctl socket in the client's namespace: a socket
+// keeps the namespace it was made in, so only its creation needs the thread moved.
+func (c *Client) ethtool() (*ethtool.Ethtool, error) {
+	if !c.ns.IsOpen() {
+		return ethtool.NewEthtool()
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("get current netns: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(c.ns); err != nil {
+		return nil, fmt.Errorf("enter netns: %w", err)
+	}
+	e, eerr := ethtool.NewEthtool()
+	if err := netns.Set(orig); err != nil {
+		// The thread is in the wrong namespace: let it die with the goroutine.
+		runtime.LockOSThread()
+		return nil, errors.Join(eerr, fmt.Errorf("return to original netns: %w", err))
+	}
+	if eerr != nil {
+		return nil, fmt.Errorf("open ethtool socket: %w", eerr)
+	}
+	return e, nil
+}
