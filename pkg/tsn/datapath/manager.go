@@ -1,0 +1,642 @@
+package datapath
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/bpf"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/internal/hook"
+)
+
+// Manager owns the pinned maps, the restorers and the savers of one node.
+// It is safe for concurrent use.
+type Manager struct {
+	opts     options
+	features Features
+	mode     AttachMode
+	spec     *ebpf.CollectionSpec
+
+	maps     map[string]*ebpf.Map // the shared, pinned maps, by name
+	records  *ebpf.Map            // pinned saver records, for adoption
+	restorer *ebpf.Program
+
+	mu       sync.Mutex
+	closed   bool
+	savers   map[string]*saverState // by pod UID
+	prepared map[uint32]*ebpf.Program
+	refill   sync.WaitGroup
+}
+
+type saverState struct {
+	info SaverInfo
+	gen  uint32
+}
+
+// bpf map names, as pinned.
+var sharedMaps = []string{
+	bpf.TsnMapTsnMeta, bpf.TsnMapTsnPolicies, bpf.TsnMapTsnInflight,
+	bpf.TsnMapTsnStats, bpf.TsnMapTsnConfig, bpf.TsnMapTsnGcTimer,
+}
+
+const (
+	prioBuckets = OtherPriorities + 1
+	recordsMap  = "tsn_records"
+)
+
+// Open loads the data path, creating or adopting the pinned maps under the pin
+// directory, arms the expiry timer and adopts savers and restorers a previous
+// manager left attached. Already attached programs keep running throughout.
+func Open(ctx context.Context, opts ...Option) (*Manager, error) {
+	log := klog.FromContext(ctx)
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := o.validate(); err != nil {
+		return nil, fmt.Errorf("datapath options: %w", err)
+	}
+	for _, d := range []string{o.pinDir, filepath.Join(o.pinDir, "maps"), filepath.Join(o.pinDir, "savers"), filepath.Join(o.pinDir, "restorers")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create pin dir: %w", err)
+		}
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(o.pinDir, &st); err != nil {
+		return nil, fmt.Errorf("statfs %s: %w", o.pinDir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return nil, fmt.Errorf("pin dir %s is not on bpffs (mount -t bpf bpf /sys/fs/bpf)", o.pinDir)
+	}
+
+	feat, err := ProbeFeatures()
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{opts: o, features: feat, savers: map[string]*saverState{}, prepared: map[uint32]*ebpf.Program{}, maps: map[string]*ebpf.Map{}}
+	m.mode = o.mode
+	if m.mode == "" {
+		m.mode = ModeTC
+		if feat.TCX {
+			m.mode = ModeTCX
+		}
+	}
+	if m.mode == ModeTCX && !feat.TCX {
+		return nil, fmt.Errorf("attach mode tcx: the kernel has no TCX (needs >= 6.6)")
+	}
+	if o.clockTypes != nil {
+		if *o.clockTypes && !feat.ClockTypes {
+			return nil, fmt.Errorf("clock types forced on: the kernel has no BPF_SKB_CLOCK_TAI (needs >= 6.11)")
+		}
+		m.features.ClockTypes = *o.clockTypes
+	}
+	if err := m.load(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	if err := m.adopt(ctx); err != nil {
+		m.Close()
+		return nil, err
+	}
+	m.prepare(ctx)
+	log.Info("eBPF data path ready", "pinDir", o.pinDir, "mode", m.mode, "clockTypes", m.features.ClockTypes,
+		"fexit", m.features.Fexit, "maxPods", o.maxPods, "quota", o.quota, "ttl", o.ttl, "adoptedSavers", len(m.savers))
+	return m, nil
+}
+
+// Features returns what the manager uses of the kernel.
+func (m *Manager) Features() Features { return m.features }
+
+// Mode returns how programs are attached.
+func (m *Manager) Mode() AttachMode { return m.mode }
+
+func (m *Manager) load() error {
+	spec, err := bpf.LoadTsn()
+	if err != nil {
+		return fmt.Errorf("load eBPF spec: %w", err)
+	}
+	o := m.opts
+	spec.Maps[bpf.TsnMapTsnMeta].MaxEntries = o.maxPods * o.quota
+	spec.Maps[bpf.TsnMapTsnPolicies].MaxEntries = o.maxPods
+	spec.Maps[bpf.TsnMapTsnInflight].MaxEntries = o.maxPods
+	spec.Maps[bpf.TsnMapTsnStats].MaxEntries = o.maxPods * prioBuckets
+	if err := spec.Variables[bpf.TsnVarHaveClockTypes].Set(boolU8(m.features.ClockTypes)); err != nil {
+		return fmt.Errorf("set have_clock_types: %w", err)
+	}
+	m.spec = spec
+
+	mapsDir := filepath.Join(o.pinDir, "maps")
+	for _, name := range sharedMaps {
+		ms := spec.Maps[name].Copy()
+		ms.Pinning = ebpf.PinByName
+		mp, err := ebpf.NewMapWithOptions(ms, ebpf.MapOptions{PinPath: mapsDir})
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return fmt.Errorf("map %s pinned in %s was made with other sizes (max pods/quota); open with the same options or remove the directory: %w", name, mapsDir, err)
+		}
+		if err != nil {
+			return fmt.Errorf("create or adopt map %s: %w", name, err)
+		}
+		m.maps[name] = mp
+	}
+	rec, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{
+		Name: recordsMap, Type: ebpf.Array, KeySize: 4, ValueSize: uint32(recordSize),
+		MaxEntries: o.maxPods, Pinning: ebpf.PinByName,
+	}, ebpf.MapOptions{PinPath: mapsDir})
+	if err != nil {
+		return fmt.Errorf("create or adopt map %s: %w", recordsMap, err)
+	}
+	m.records = rec
+
+	cfg := bpf.TsnTsnCfg{
+		TtlNs:        uint64(o.ttl),
+		GcIntervalNs: uint64(o.gcInterval),
+		VxlanPortA:   o.vxlanPorts[0],
+		VxlanPortB:   o.vxlanPorts[1],
+		NicClock:     uint8(o.nicClock),
+	}
+	if err := m.maps[bpf.TsnMapTsnConfig].Put(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+
+	var objs struct {
+		Restorer *ebpf.Program `ebpf:"tsn_restorer"`
+		GCArm    *ebpf.Program `ebpf:"tsn_gc_arm"`
+	}
+	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: m.maps}); err != nil {
+		return fmt.Errorf("load restorer: %w", err)
+	}
+	m.restorer = objs.Restorer
+	defer objs.GCArm.Close()
+	// (Re)arm the expiry timer: it lives in the pinned map and survives us.
+	ret, err := objs.GCArm.Run(&ebpf.RunOptions{Data: probePacket()})
+	if err != nil || ret != 0 {
+		return fmt.Errorf("arm expiry timer: ret %d: %v", ret, err)
+	}
+	return nil
+}
+
+// loadSaver loads (and verifies) a saver program bound to slot.
+func (m *Manager) loadSaver(slot uint32) (*ebpf.Program, error) {
+	spec := m.spec.Copy()
+	if err := spec.Variables[bpf.TsnVarSaverSlot].Set(slot); err != nil {
+		return nil, fmt.Errorf("set saver slot: %w", err)
+	}
+	var objs struct {
+		Saver *ebpf.Program `ebpf:"tsn_saver"`
+	}
+	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: m.maps}); err != nil {
+		return nil, fmt.Errorf("load saver for slot %d: %w", slot, err)
+	}
+	return objs.Saver, nil
+}
+
+// prepare loads saver programs for the next free slots in the background, so
+// AttachSaver only writes the policy and creates the link.
+func (m *Manager) prepare(ctx context.Context) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	var want []uint32
+	for _, slot := range m.freeSlotsLocked(m.opts.prepared) {
+		if _, ok := m.prepared[slot]; !ok {
+			want = append(want, slot)
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	m.refill.Add(1)
+	go func() {
+		defer m.refill.Done()
+		for _, slot := range want {
+			prog, err := m.loadSaver(slot)
+			if err != nil {
+				klog.FromContext(ctx).Error(err, "prepare saver program", "slot", slot)
+				return
+			}
+			m.mu.Lock()
+			if m.closed || m.prepared[slot] != nil {
+				prog.Close()
+			} else {
+				m.prepared[slot] = prog
+			}
+			m.mu.Unlock()
+		}
+	}()
+}
+
+func (m *Manager) freeSlotsLocked(n int) []uint32 {
+	used := make(map[uint32]bool, len(m.savers))
+	for _, s := range m.savers {
+		used[s.info.Slot] = true
+	}
+	var free []uint32
+	for slot := uint32(0); slot < m.opts.maxPods && len(free) < n; slot++ {
+		if !used[slot] {
+			free = append(free, slot)
+		}
+	}
+	return free
+}
+
+func (m *Manager) restorerPin(ifname string) string {
+	return filepath.Join(m.opts.pinDir, "restorers", ifname)
+}
+
+func (m *Manager) saverPin(slot uint32) string {
+	return filepath.Join(m.opts.pinDir, "savers", fmt.Sprintf("slot-%d", slot))
+}
+
+// EnsureRestorer implements Interface.
+func (m *Manager) EnsureRestorer(ctx context.Context, ifname string) error {
+	if err := checkIfname(ifname); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errClosed
+	}
+	pin := m.restorerPin(ifname)
+	err := hook.InNetns(m.opts.netnsPath, func() error {
+		l, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return fmt.Errorf("find NIC %s: %w", ifname, err)
+		}
+		mode := m.pinnedMode(pin)
+		if mode != "" && !hook.Attached(hook.Mode(mode), pin) {
+			// Pinned for an interface that has since gone (and maybe come back).
+			if err := hook.Detach(hook.Mode(mode), -1, hook.First, pin); err != nil {
+				return err
+			}
+		} else if mode != "" && mode != m.mode {
+			if err := hook.Detach(hook.Mode(mode), l.Attrs().Index, hook.First, pin); err != nil {
+				return err
+			}
+		}
+		return hook.Attach(hook.Mode(m.mode), m.restorer, l.Attrs().Index, hook.First, pin)
+	})
+	if err != nil {
+		return fmt.Errorf("restorer on %s: %w", ifname, err)
+	}
+	klog.FromContext(ctx).V(2).Info("restorer attached", "nic", ifname, "mode", m.mode)
+	return nil
+}
+
+// RemoveRestorer implements Interface.
+func (m *Manager) RemoveRestorer(ctx context.Context, ifname string) error {
+	if err := checkIfname(ifname); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errClosed
+	}
+	if err := m.removeRestorerLocked(ifname); err != nil {
+		return err
+	}
+	klog.FromContext(ctx).V(2).Info("restorer detached", "nic", ifname)
+	return nil
+}
+
+func (m *Manager) removeRestorerLocked(ifname string) error {
+	pin := m.restorerPin(ifname)
+	mode := m.pinnedMode(pin)
+	if mode == "" {
+		return nil
+	}
+	err := hook.InNetns(m.opts.netnsPath, func() error {
+		idx := -1
+		if l, err := netlink.LinkByName(ifname); err == nil {
+			idx = l.Attrs().Index
+		}
+		return hook.Detach(hook.Mode(mode), idx, hook.First, pin)
+	})
+	if err != nil {
+		return fmt.Errorf("remove restorer from %s: %w", ifname, err)
+	}
+	return nil
+}
+
+// Restorers lists the NICs with a restorer pinned.
+func (m *Manager) Restorers() ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(m.opts.pinDir, "restorers"))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out, nil
+}
+
+// pinnedMode tells what is pinned at pin: a TCX link, a tc program, or nothing.
+func (m *Manager) pinnedMode(pin string) AttachMode {
+	if _, err := os.Stat(pin); err != nil {
+		return ""
+	}
+	if hook.IsLink(pin) {
+		return ModeTCX
+	}
+	return ModeTC
+}
+
+// AttachSaver implements Interface.
+func (m *Manager) AttachSaver(ctx context.Context, podUID, netnsPath, ifname string, p Policy) error {
+	start := time.Now()
+	log := klog.FromContext(ctx).WithValues("pod", podUID, "netns", netnsPath, "interface", ifname)
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("saver policy for pod %s: %w", podUID, err)
+	}
+	if podUID == "" || len(podUID) >= len(record{}.UID) {
+		return fmt.Errorf("pod UID %q: want 1..%d bytes", podUID, len(record{}.UID)-1)
+	}
+	if len(netnsPath) >= len(record{}.Netns) || netnsPath == "" {
+		return fmt.Errorf("netns path %q: want 1..%d bytes", netnsPath, len(record{}.Netns)-1)
+	}
+	if err := checkIfname(ifname); err != nil {
+		return err
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errClosed
+	}
+	if s, ok := m.savers[podUID]; ok {
+		pin := m.saverPin(s.info.Slot)
+		if s.info.NetnsPath == netnsPath && s.info.Ifname == ifname && hook.Attached(hook.Mode(s.info.Mode), pin) {
+			if err := m.writePolicy(s.info.Slot, p, s.gen); err != nil {
+				return err
+			}
+			s.info.Policy = p
+			log.V(2).Info("saver policy updated", "slot", s.info.Slot)
+			return nil
+		}
+		// Moved (or its interface went away): start over in the same slot.
+		if err := m.detachSaverLocked(s); err != nil {
+			return err
+		}
+	}
+
+	free := m.freeSlotsLocked(1)
+	if len(free) == 0 {
+		return fmt.Errorf("attach saver for pod %s: all %d slots in use (WithMaxPods)", podUID, m.opts.maxPods)
+	}
+	slot := free[0]
+	prog, ok := m.prepared[slot]
+	if ok {
+		delete(m.prepared, slot)
+	} else {
+		var err error
+		if prog, err = m.loadSaver(slot); err != nil {
+			return err
+		}
+		log.Info("no prepared saver program: loaded one inline", "slot", slot)
+	}
+	defer prog.Close()
+
+	gen, err := m.resetSlot(slot)
+	if err != nil {
+		return err
+	}
+	if err := m.writePolicy(slot, p, gen); err != nil {
+		return err
+	}
+	pin := m.saverPin(slot)
+	err = hook.InNetns(netnsPath, func() error {
+		l, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return fmt.Errorf("find pod interface %s: %w", ifname, err)
+		}
+		return hook.Attach(hook.Mode(m.mode), prog, l.Attrs().Index, hook.First, pin)
+	})
+	if err == nil {
+		err = m.writeRecord(slot, record{Used: 1, Mode: modeByte(m.mode)}.with(podUID, ifname, netnsPath))
+	}
+	if err != nil {
+		_ = m.deactivate(slot, gen)
+		_ = hook.InNetns(netnsPath, func() error { return hook.Detach(hook.Mode(m.mode), -1, hook.First, pin) })
+		return fmt.Errorf("attach saver for pod %s on %s in %s: %w", podUID, ifname, netnsPath, err)
+	}
+	m.savers[podUID] = &saverState{gen: gen, info: SaverInfo{PodUID: podUID, NetnsPath: netnsPath, Ifname: ifname, Slot: slot, Mode: m.mode, Policy: p}}
+	log.Info("saver attached", "slot", slot, "mode", m.mode, "prepared", ok, "took", time.Since(start))
+	m.mu.Unlock()
+	m.prepare(ctx)
+	m.mu.Lock()
+	return nil
+}
+
+// DetachSaver implements Interface.
+func (m *Manager) DetachSaver(ctx context.Context, podUID string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errClosed
+	}
+	s, ok := m.savers[podUID]
+	if !ok {
+		return nil
+	}
+	if err := m.detachSaverLocked(s); err != nil {
+		return err
+	}
+	klog.FromContext(ctx).Info("saver detached", "pod", podUID, "slot", s.info.Slot)
+	return nil
+}
+
+func (m *Manager) detachSaverLocked(s *saverState) error {
+	pin := m.saverPin(s.info.Slot)
+	mode := hook.Mode(s.info.Mode)
+	err := hook.InNetns(s.info.NetnsPath, func() error {
+		idx := -1
+		if l, err := netlink.LinkByName(s.info.Ifname); err == nil {
+			idx = l.Attrs().Index
+		}
+		return hook.Detach(mode, idx, hook.First, pin)
+	})
+	if err != nil {
+		// The pod's netns is gone: so are its interface and any cls_bpf
+		// filter; a TCX link is detached by the kernel. Drop the pin.
+		if derr := hook.Detach(mode, -1, hook.First, pin); derr != nil {
+			return fmt.Errorf("detach saver of pod %s: %w", s.info.PodUID, errors.Join(err, derr))
+		}
+	}
+	if err := m.deactivate(s.info.Slot, s.gen); err != nil {
+		return err
+	}
+	if err := m.writeRecord(s.info.Slot, record{}); err != nil {
+		return err
+	}
+	delete(m.savers, s.info.PodUID)
+	return nil
+}
+
+// Savers implements Interface.
+func (m *Manager) Savers() ([]SaverInfo, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, errClosed
+	}
+	out := make([]SaverInfo, 0, len(m.savers))
+	for _, s := range m.savers {
+		out = append(out, s.info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].PodUID < out[j].PodUID })
+	return out, nil
+}
+
+// Counters implements Interface.
+func (m *Manager) Counters(podUID string) (Counters, error) {
+	m.mu.Lock()
+	s, ok := m.savers[podUID]
+	closed := m.closed
+	m.mu.Unlock()
+	if closed {
+		return Counters{}, errClosed
+	}
+	if !ok {
+		return Counters{}, fmt.Errorf("counters of pod %s: no saver attached", podUID)
+	}
+	return m.slotCounters(s.info.Slot)
+}
+
+func (m *Manager) slotCounters(slot uint32) (Counters, error) {
+	var c Counters
+	for b := uint32(0); b < prioBuckets; b++ {
+		var per []bpf.TsnTsnCounters
+		if err := m.maps[bpf.TsnMapTsnStats].Lookup(slot*prioBuckets+b, &per); err != nil {
+			return c, fmt.Errorf("read counters of slot %d: %w", slot, err)
+		}
+		for _, v := range per {
+			c.ByPriority[b].add(PriorityCounters{
+				Saved: v.Saved, Restored: v.Restored, Missed: v.Missed, Demoted: v.Demoted,
+				Dropped: v.Dropped, Rejected: v.Rejected, Expired: v.Expired,
+			})
+		}
+	}
+	return c, nil
+}
+
+// InFlight returns how many map entries the pod holds now, and the map's total.
+func (m *Manager) InFlight(podUID string) (pod uint32, total int, err error) {
+	m.mu.Lock()
+	s, ok := m.savers[podUID]
+	m.mu.Unlock()
+	if !ok {
+		return 0, 0, fmt.Errorf("pod %s: no saver attached", podUID)
+	}
+	if err := m.maps[bpf.TsnMapTsnInflight].Lookup(s.info.Slot, &pod); err != nil {
+		return 0, 0, err
+	}
+	var k bpf.TsnTsnKey
+	var v bpf.TsnTsnVal
+	it := m.maps[bpf.TsnMapTsnMeta].Iterate()
+	for it.Next(&k, &v) {
+		total++
+	}
+	return pod, total, it.Err()
+}
+
+// Close implements Interface: handles are released, attachments and pins stay.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	m.mu.Unlock()
+	m.refill.Wait()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var errs []error
+	for slot, p := range m.prepared {
+		errs = append(errs, p.Close())
+		delete(m.prepared, slot)
+	}
+	if m.restorer != nil {
+		errs = append(errs, m.restorer.Close())
+	}
+	for _, mp := range m.maps {
+		errs = append(errs, mp.Close())
+	}
+	if m.records != nil {
+		errs = append(errs, m.records.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Uninstall detaches every saver and restorer, removes all pins (which stops
+// the expiry timer once nothing holds the maps) and closes the manager.
+func (m *Manager) Uninstall(ctx context.Context) error {
+	var errs []error
+	m.mu.Lock()
+	for _, s := range m.savers {
+		errs = append(errs, m.detachSaverLocked(s))
+	}
+	names, _ := m.Restorers()
+	for _, n := range names {
+		errs = append(errs, m.removeRestorerLocked(n))
+	}
+	m.mu.Unlock()
+	errs = append(errs, m.Close())
+	for _, name := range append(sharedMaps, recordsMap) {
+		if err := os.Remove(filepath.Join(m.opts.pinDir, "maps", name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for _, d := range []string{"maps", "savers", "restorers", ""} {
+		if err := os.Remove(filepath.Join(m.opts.pinDir, d)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	err := errors.Join(errs...)
+	if err == nil {
+		klog.FromContext(ctx).Info("eBPF data path uninstalled", "pinDir", m.opts.pinDir)
+	}
+	return err
+}
+
+var errClosed = errors.New("datapath manager is closed")
+
+func checkIfname(ifname string) error {
+	if ifname == "" || len(ifname) >= unix.IFNAMSIZ || strings.ContainsAny(ifname, "/ ") {
+		return fmt.Errorf("interface name %q: invalid", ifname)
+	}
+	return nil
+}
+
+func boolU8(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// probePacket is an Ethernet + IPv4 header for BPF_PROG_TEST_RUN.
+func probePacket() []byte {
+	p := make([]byte, 14+20)
+	p[12], p[13] = 0x08, 0x00
+	p[14] = 0x45
+	p[16], p[17] = 0, 20
+	p[22] = 64
+	p[23] = 17
+	return p
+}

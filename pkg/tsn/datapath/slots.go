@@ -1,0 +1,183 @@
+package datapath
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"k8s.io/klog/v2"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/bpf"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/internal/hook"
+)
+
+// record is what a slot's saver needs to be found and removed again by a
+// later manager: kept in a pinned array map, since bpffs holds no plain files.
+type record struct {
+	Used   uint8
+	Mode   uint8
+	_      [6]uint8
+	UID    [64]byte
+	Ifname [16]byte
+	Netns  [232]byte
+}
+
+const recordSize = 8 + 64 + 16 + 232
+
+func (r record) with(uid, ifname, netns string) record {
+	copy(r.UID[:], uid)
+	copy(r.Ifname[:], ifname)
+	copy(r.Netns[:], netns)
+	return r
+}
+
+func cstr(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}
+
+func modeByte(m AttachMode) uint8 {
+	if m == ModeTC {
+		return 2
+	}
+	return 1
+}
+
+func byteMode(b uint8) AttachMode {
+	if b == 2 {
+		return ModeTC
+	}
+	return ModeTCX
+}
+
+func (m *Manager) writeRecord(slot uint32, r record) error {
+	if err := m.records.Put(slot, &r); err != nil {
+		return fmt.Errorf("write record of slot %d: %w", slot, err)
+	}
+	return nil
+}
+
+func (m *Manager) writePolicy(slot uint32, p Policy, gen uint32) error {
+	clock := p.LaunchTimeClock
+	if clock == 0 {
+		clock = ClockTAI
+	}
+	v := bpf.TsnTsnPolicy{
+		Grant:       p.grants(),
+		Action:      uint8(p.Action),
+		DemotePrio:  uint8(p.DefaultPriority),
+		UnspecClock: uint8(clock),
+		Active:      1,
+		Quota:       m.opts.quota,
+		Gen:         gen,
+	}
+	if err := m.maps[bpf.TsnMapTsnPolicies].Put(slot, &v); err != nil {
+		return fmt.Errorf("write policy of slot %d: %w", slot, err)
+	}
+	return nil
+}
+
+func policyFrom(v bpf.TsnTsnPolicy) Policy {
+	p := Policy{Action: Action(v.Action), DefaultPriority: uint32(v.DemotePrio), LaunchTimeClock: Clock(v.UnspecClock)}
+	for app, g := range v.Grant {
+		if g == denied || app == 0 && g == 0 {
+			continue
+		}
+		if app != 0 {
+			p.Allowed = append(p.Allowed, uint32(app))
+		}
+		if uint32(g) != uint32(app) {
+			if p.Remap == nil {
+				p.Remap = map[uint32]uint32{}
+			}
+			p.Remap[uint32(app)] = uint32(g)
+		}
+	}
+	return p
+}
+
+// resetSlot prepares a slot for a new pod: a new generation (entries of an
+// earlier pod in the slot are never applied), zero counters and quota.
+func (m *Manager) resetSlot(slot uint32) (uint32, error) {
+	var old bpf.TsnTsnPolicy
+	if err := m.maps[bpf.TsnMapTsnPolicies].Lookup(slot, &old); err != nil {
+		return 0, fmt.Errorf("read policy of slot %d: %w", slot, err)
+	}
+	gen := old.Gen + 1
+	old.Active, old.Gen = 0, gen
+	if err := m.maps[bpf.TsnMapTsnPolicies].Put(slot, &old); err != nil {
+		return 0, fmt.Errorf("reset policy of slot %d: %w", slot, err)
+	}
+	zero := make([]bpf.TsnTsnCounters, ebpf.MustPossibleCPU())
+	for b := uint32(0); b < prioBuckets; b++ {
+		if err := m.maps[bpf.TsnMapTsnStats].Put(slot*prioBuckets+b, zero); err != nil {
+			return 0, fmt.Errorf("reset counters of slot %d: %w", slot, err)
+		}
+	}
+	if err := m.purgeSlot(slot); err != nil {
+		return 0, err
+	}
+	return gen, nil
+}
+
+// deactivate stops a slot's saver from saving and makes its entries stale.
+func (m *Manager) deactivate(slot, gen uint32) error {
+	v := bpf.TsnTsnPolicy{Gen: gen + 1}
+	if err := m.maps[bpf.TsnMapTsnPolicies].Put(slot, &v); err != nil {
+		return fmt.Errorf("deactivate slot %d: %w", slot, err)
+	}
+	return m.purgeSlot(slot)
+}
+
+// purgeSlot removes the slot's entries from the shared map and gives its quota back.
+func (m *Manager) purgeSlot(slot uint32) error {
+	meta := m.maps[bpf.TsnMapTsnMeta]
+	var k bpf.TsnTsnKey
+	var v bpf.TsnTsnVal
+	var del []bpf.TsnTsnKey
+	it := meta.Iterate()
+	for it.Next(&k, &v) {
+		if v.Slot == slot {
+			del = append(del, k)
+		}
+	}
+	for _, k := range del {
+		if err := meta.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("purge slot %d: %w", slot, err)
+		}
+	}
+	if err := m.maps[bpf.TsnMapTsnInflight].Put(slot, uint32(0)); err != nil {
+		return fmt.Errorf("reset quota of slot %d: %w", slot, err)
+	}
+	return nil
+}
+
+// adopt reads the savers a previous manager attached.
+func (m *Manager) adopt(ctx context.Context) error {
+	log := klog.FromContext(ctx)
+	for slot := uint32(0); slot < m.opts.maxPods; slot++ {
+		var r record
+		if err := m.records.Lookup(slot, &r); err != nil {
+			return fmt.Errorf("read record of slot %d: %w", slot, err)
+		}
+		if r.Used == 0 {
+			continue
+		}
+		var pol bpf.TsnTsnPolicy
+		if err := m.maps[bpf.TsnMapTsnPolicies].Lookup(slot, &pol); err != nil {
+			return fmt.Errorf("read policy of slot %d: %w", slot, err)
+		}
+		info := SaverInfo{
+			PodUID: cstr(r.UID[:]), Ifname: cstr(r.Ifname[:]), NetnsPath: cstr(r.Netns[:]),
+			Slot: slot, Mode: byteMode(r.Mode), Policy: policyFrom(pol),
+		}
+		m.savers[info.PodUID] = &saverState{info: info, gen: pol.Gen}
+		log.V(2).Info("adopted saver", "pod", info.PodUID, "slot", slot,
+			"attached", hook.Attached(hook.Mode(info.Mode), m.saverPin(slot)))
+	}
+	return nil
+}
