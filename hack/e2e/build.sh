@@ -56,7 +56,8 @@ build_kube() {
 	local out
 	out=$(mktemp -d "$E2E_CACHE/tmp.XXXXXX")
 	(cd "$here/kube" && CGO_ENABLED=0 $NICE "$GO" build -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}")
-	[[ -e $out/v3 ]] && mv "$out/v3" "$out/etcd"
+	# go names the binary of go.etcd.io/etcd/server/v3 after "server".
+	[[ -e $out/server ]] && mv "$out/server" "$out/etcd"
 	for c in "${missing[@]}"; do
 		mv -f "$out/$c" "$E2E_BIN/$c"
 		stamp "$c" "$want"
@@ -94,7 +95,7 @@ fi
 CGO_ENABLED=1 goinstall runc "$RUNC_VERSION" github.com/opencontainers/runc \
 	-tags seccomp -ldflags "-s -w -X main.version=${RUNC_VERSION#v}"
 for p in bridge host-local loopback portmap; do
-	case $p in host-local) dir=ipam ;; *) dir=main ;; esac
+	case $p in host-local) dir=ipam ;; portmap) dir=meta ;; *) dir=main ;; esac
 	CGO_ENABLED=0 goinstall "cni/$p" "$CNI_PLUGINS_VERSION" "github.com/containernetworking/plugins/plugins/$dir/$p" \
 		-ldflags "-s -w"
 done
