@@ -23,10 +23,11 @@ import (
 // Manager owns the pinned maps, the restorers and the savers of one node.
 // It is safe for concurrent use.
 type Manager struct {
-	opts     options
-	features Features
-	mode     AttachMode
-	spec     *ebpf.CollectionSpec
+	opts      options
+	features  Features
+	mode      AttachMode
+	saverMode AttachMode
+	spec      *ebpf.CollectionSpec
 
 	maps     map[string]*ebpf.Map // the shared, pinned maps, by name
 	records  *ebpf.Map            // pinned saver records, for adoption
@@ -92,7 +93,11 @@ func Open(ctx context.Context, opts ...Option) (*Manager, error) {
 			m.mode = ModeTCX
 		}
 	}
-	if m.mode == ModeTCX && !feat.TCX {
+	m.saverMode = o.saverMode
+	if m.saverMode == "" {
+		m.saverMode = m.mode
+	}
+	if (m.mode == ModeTCX || m.saverMode == ModeTCX) && !feat.TCX {
 		return nil, fmt.Errorf("attach mode tcx: the kernel has no TCX (needs >= 6.6)")
 	}
 	if o.clockTypes != nil {
@@ -118,8 +123,11 @@ func Open(ctx context.Context, opts ...Option) (*Manager, error) {
 // Features returns what the manager uses of the kernel.
 func (m *Manager) Features() Features { return m.features }
 
-// Mode returns how programs are attached.
+// Mode returns how restorers are attached.
 func (m *Manager) Mode() AttachMode { return m.mode }
+
+// SaverMode returns how savers are attached.
+func (m *Manager) SaverMode() AttachMode { return m.saverMode }
 
 func (m *Manager) load() error {
 	spec, err := bpf.LoadTsn()
@@ -424,18 +432,24 @@ func (m *Manager) AttachSaver(ctx context.Context, podUID, netnsPath, ifname str
 		if err != nil {
 			return fmt.Errorf("find pod interface %s: %w", ifname, err)
 		}
-		return hook.Attach(hook.Mode(m.mode), prog, l.Attrs().Index, hook.First, pin)
+		return hook.Attach(hook.Mode(m.saverMode), prog, l.Attrs().Index, hook.First, pin)
 	})
 	if err == nil {
-		err = m.writeRecord(slot, record{Used: 1, Mode: modeByte(m.mode)}.with(podUID, ifname, netnsPath))
+		err = m.writeRecord(slot, record{Used: 1, Mode: modeByte(m.saverMode)}.with(podUID, ifname, netnsPath))
 	}
 	if err != nil {
 		_ = m.deactivate(slot, gen)
-		_ = hook.InNetns(netnsPath, func() error { return hook.Detach(hook.Mode(m.mode), -1, hook.First, pin) })
+		_ = hook.InNetns(netnsPath, func() error {
+			idx := -1
+			if l, err := netlink.LinkByName(ifname); err == nil {
+				idx = l.Attrs().Index
+			}
+			return hook.Detach(hook.Mode(m.saverMode), idx, hook.First, pin)
+		})
 		return fmt.Errorf("attach saver for pod %s on %s in %s: %w", podUID, ifname, netnsPath, err)
 	}
-	m.savers[podUID] = &saverState{gen: gen, info: SaverInfo{PodUID: podUID, NetnsPath: netnsPath, Ifname: ifname, Slot: slot, Mode: m.mode, Policy: p}}
-	log.Info("saver attached", "slot", slot, "mode", m.mode, "prepared", ok, "took", time.Since(start))
+	m.savers[podUID] = &saverState{gen: gen, info: SaverInfo{PodUID: podUID, NetnsPath: netnsPath, Ifname: ifname, Slot: slot, Mode: m.saverMode, Policy: p}}
+	log.Info("saver attached", "slot", slot, "mode", m.saverMode, "prepared", ok, "took", time.Since(start))
 	m.mu.Unlock()
 	m.prepare(ctx)
 	m.mu.Lock()

@@ -24,6 +24,7 @@ type options struct {
 	vxlanPorts [2]uint16
 	nicClock   Clock
 	mode       AttachMode
+	saverMode  AttachMode
 	clockTypes *bool
 	prepared   int
 }
@@ -73,6 +74,12 @@ func WithNICClock(c Clock) Option { return func(o *options) { o.nicClock = c } }
 // pre-6.6 path on newer kernels).
 func WithAttachMode(m AttachMode) Option { return func(o *options) { o.mode = m } }
 
+// WithSaverAttachMode attaches savers with mode m while restorers use the
+// probed (or WithAttachMode) mode. A TCX attach waits for an RCU grace period
+// (8-20 ms measured on the development VM) where a cls_bpf filter takes under
+// 1 ms; see docs/datapath.md for the trade-off.
+func WithSaverAttachMode(m AttachMode) Option { return func(o *options) { o.saverMode = m } }
+
 // WithKernelClockTypes overrides the probe for BPF_SKB_CLOCK_TAI (6.11); false
 // runs the path for older kernels.
 func WithKernelClockTypes(have bool) Option { return func(o *options) { o.clockTypes = &have } }
@@ -97,10 +104,12 @@ func (o *options) validate() error {
 	if o.nicClock != ClockTAI && o.nicClock != ClockMonotonic {
 		return fmt.Errorf("nic clock %v: want tai or monotonic", o.nicClock)
 	}
-	switch o.mode {
-	case "", ModeTCX, ModeTC:
-	default:
-		return fmt.Errorf("attach mode %q: want %q or %q", o.mode, ModeTCX, ModeTC)
+	for _, m := range []AttachMode{o.mode, o.saverMode} {
+		switch m {
+		case "", ModeTCX, ModeTC:
+		default:
+			return fmt.Errorf("attach mode %q: want %q or %q", m, ModeTCX, ModeTC)
+		}
 	}
 	if o.prepared < 0 {
 		return fmt.Errorf("prepared savers %d: negative", o.prepared)

@@ -591,3 +591,19 @@ func (n *Node) staticNeighbors6(host, wire *nsh) error {
 	}
 	return nil
 }
+
+// DeletePod removes pod i's namespace, as the container runtime does when a
+// pod sandbox goes away.
+func (n *Node) DeletePod(i int) error {
+	name := filepath.Base(n.Pods[i].Netns)
+	if err := netns.DeleteNamed(name); err != nil {
+		return err
+	}
+	for j, x := range n.names {
+		if x == name {
+			n.names = append(n.names[:j], n.names[j+1:]...)
+			break
+		}
+	}
+	return nil
+}

@@ -140,8 +140,15 @@ func Attach(mode Mode, prog *ebpf.Program, ifindex int, pos Position, pin string
 		if err := netlink.FilterReplace(f); err != nil {
 			return fmt.Errorf("cls_bpf filter on ifindex %d: %w", ifindex, err)
 		}
+		// Pin through a fresh handle: a *Program remembers where it was pinned
+		// and would skip pinning again at the same path.
+		c, err := prog.Clone()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
 		_ = os.Remove(pin)
-		if err := prog.Pin(pin); err != nil {
+		if err := c.Pin(pin); err != nil {
 			return fmt.Errorf("pin program at %s: %w", pin, err)
 		}
 		return nil
@@ -197,7 +204,7 @@ func Detach(mode Mode, ifindex int, pos Position, pin string) error {
 				Priority:  prio,
 				Protocol:  unix.ETH_P_ALL,
 			}}
-			if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENODEV) {
+			if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
 				return fmt.Errorf("delete cls_bpf filter on ifindex %d: %w", ifindex, err)
 			}
 		}

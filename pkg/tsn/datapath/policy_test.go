@@ -1,0 +1,255 @@
+package datapath_test
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
+)
+
+func TestPolicyValidate(t *testing.T) {
+	for name, tc := range map[string]struct {
+		p  datapath.Policy
+		ok bool
+	}{
+		"empty":              {datapath.Policy{}, true},
+		"allowed and remap":  {datapath.Policy{Allowed: []uint32{2, 3}, Remap: map[uint32]uint32{3: 5}, DefaultPriority: 1}, true},
+		"drop":               {datapath.Policy{Action: datapath.ActionDrop}, true},
+		"priority too high":  {datapath.Policy{Allowed: []uint32{16}}, false},
+		"remap not allowed":  {datapath.Policy{Allowed: []uint32{2}, Remap: map[uint32]uint32{3: 5}}, false},
+		"remap target":       {datapath.Policy{Allowed: []uint32{2}, Remap: map[uint32]uint32{2: 300}}, false},
+		"unknown action":     {datapath.Policy{Action: 7}, false},
+		"default too high":   {datapath.Policy{DefaultPriority: 255}, false},
+		"realtime launch ts": {datapath.Policy{LaunchTimeClock: datapath.ClockRealtime}, true}, // zero value means TAI
+		"bad clock":          {datapath.Policy{LaunchTimeClock: 9}, false},
+	} {
+		if err := tc.p.Validate(); (err == nil) != tc.ok {
+			t.Errorf("%s: Validate() = %v, want ok=%v", name, err, tc.ok)
+		}
+	}
+}
+
+// TestPolicyDemoteRemapDrop: a pod is held to what it claimed; the rest is
+// demoted (or dropped) and counted, per application priority.
+func TestPolicyDemoteRemapDrop(t *testing.T) {
+	needRoot(t)
+	ctx := testCtx(t)
+	n := newNode(t, netemu.Routed, 2)
+	m := openManager(t, n, pinDir(t))
+	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
+		t.Fatal(err)
+	}
+	obs := attachObserver(t, n, m.Mode())
+
+	demote := datapath.Policy{Allowed: []uint32{2, 3}, Remap: map[uint32]uint32{3: 5}, Action: datapath.ActionDemote, DefaultPriority: 1}
+	drop := datapath.Policy{Allowed: []uint32{2}, Action: datapath.ActionDrop}
+	a, b := n.Pods[0], n.Pods[1]
+	if err := m.AttachSaver(ctx, "pod-demote", a.Netns, a.Ifname, demote); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.AttachSaver(ctx, "pod-drop", b.Netns, b.Ifname, drop); err != nil {
+		t.Fatal(err)
+	}
+	sa, sb := newSender(t, a.Netns, n), newSender(t, b.Netns, n)
+	const per = 200
+	// app priority -> what must leave tsn0
+	wantA := map[uint32]uint32{2: 2, 3: 5, 4: 1, 7: 1, 20: 1}
+	tagA := func(p uint32) uint32 { return 100 + p }
+	for p, want := range wantA {
+		for i := 0; i < per; i++ {
+			if err := sa.Send(tagA(p), uint32(i), p, 0, want, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, p := range []uint32{2, 4} {
+		for i := 0; i < per; i++ {
+			if err := sb.Send(200+p, uint32(i), p, 0, p, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for p := range wantA {
+		r := waitTotal(t, obs, tagA(p), per)
+		if r.Right != per || r.Wrong != 0 {
+			t.Errorf("demote pod, priority %d: want %d right, got %+v", p, per, r)
+		}
+	}
+	if r := waitTotal(t, obs, 202, per); r.Right != per {
+		t.Errorf("drop pod, allowed priority 2: want %d right, got %+v", per, r)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if r, _ := obs.Result(204); r.Total != 0 {
+		t.Errorf("drop pod, priority 4: want every packet dropped, %d reached tsn0", r.Total)
+	}
+
+	ca, err := m.Counters("pod-demote")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []uint32{4, 7} {
+		if c := ca.ByPriority[p]; c.Demoted != per || c.Restored != per {
+			t.Errorf("demote pod, priority %d: want %d demoted and restored, got %+v", p, per, c)
+		}
+	}
+	if c := ca.ByPriority[datapath.OtherPriorities]; c.Demoted != per {
+		t.Errorf("demote pod, priority 20: want %d demoted in the >15 bucket, got %+v", per, c)
+	}
+	if c := ca.ByPriority[3]; c.Demoted != 0 || c.Restored != per {
+		t.Errorf("demote pod, remapped priority 3: want %d restored, none demoted, got %+v", per, c)
+	}
+	cb, err := m.Counters("pod-drop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := cb.ByPriority[4]; c.Dropped != per || c.Saved != 0 {
+		t.Errorf("drop pod, priority 4: want %d dropped, got %+v", per, c)
+	}
+
+	// Re-attaching updates the policy in place: now 4 is allowed.
+	if err := m.AttachSaver(ctx, "pod-drop", b.Netns, b.Ifname, datapath.Policy{Allowed: []uint32{2, 4}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < per; i++ {
+		if err := sb.Send(304, uint32(i), 4, 0, 4, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := waitTotal(t, obs, 304, per); r.Right != per {
+		t.Errorf("after policy update, priority 4: want %d right, got %+v", per, r)
+	}
+	savers, err := m.Savers()
+	if err != nil || len(savers) != 2 {
+		t.Fatalf("Savers() = %v, %v; want 2", savers, err)
+	}
+}
+
+// TestOtherTrafficUntouched: packets of the host and of pods without a saver
+// never carry a claimed pod's metadata at tsn0, even with identical payloads
+// sent at the same time.
+func TestOtherTrafficUntouched(t *testing.T) {
+	needRoot(t)
+	ctx := testCtx(t)
+	n := newNode(t, netemu.Routed, 2)
+	m := openManager(t, n, pinDir(t))
+	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
+		t.Fatal(err)
+	}
+	obs := attachObserver(t, n, m.Mode())
+	claimed, other := n.Pods[0], n.Pods[1]
+	if err := m.AttachSaver(ctx, "claimed", claimed.Netns, claimed.Ifname, allowAll); err != nil {
+		t.Fatal(err)
+	}
+	sc, so, sh := newSender(t, claimed.Netns, n), newSender(t, other.Netns, n), newSender(t, n.HostNetns, n)
+	const count = 2000
+	base := netemu.TAINow() + uint64(time.Hour)
+	for i := 0; i < count; i++ {
+		prio := uint32(1 + i%7)
+		tx := base + uint64(i)*1000
+		// The same tag and sequence in all three flows: identical payload bytes.
+		if err := sc.Send(1, uint32(i), prio, tx, prio, tx); err != nil {
+			t.Fatal(err)
+		}
+		if err := so.Send(2, uint32(i), prio, 0, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := sh.Send(3, uint32(i), 0, 0, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for tag, name := range map[uint32]string{1: "claimed pod", 2: "pod without saver", 3: "host"} {
+		r := waitTotal(t, obs, tag, count)
+		t.Logf("%s: %+v", name, r)
+		if r.Total != count || r.Right != count || r.Wrong != 0 {
+			t.Errorf("%s: want %d right and 0 wrong, got %+v", name, count, r)
+		}
+	}
+}
+
+// TestMapBounded: a pod flooding local destinations (packets that never reach
+// the NIC) holds at most its quota of entries, they expire, and another pod
+// keeps every restore meanwhile.
+func TestMapBounded(t *testing.T) {
+	needRoot(t)
+	ctx := testCtx(t)
+	n := newNode(t, netemu.Routed, 2)
+	const quota = 128
+	m := openManager(t, n, pinDir(t), datapath.WithQuota(quota), datapath.WithMaxPods(8),
+		datapath.WithTTL(300*time.Millisecond), datapath.WithGCInterval(100*time.Millisecond))
+	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
+		t.Fatal(err)
+	}
+	obs := attachObserver(t, n, m.Mode())
+	flood, good := n.Pods[0], n.Pods[1]
+	if err := m.AttachSaver(ctx, "flooder", flood.Netns, flood.Ifname, allowAll); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.AttachSaver(ctx, "good", good.Netns, good.Ifname, allowAll); err != nil {
+		t.Fatal(err)
+	}
+	local, err := netemu.NewSender(flood.Netns, &net.UDPAddr{IP: flood.Local, Port: 9}, unix.CLOCK_TAI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	sg := newSender(t, good.Netns, n)
+
+	const floodCount = 100000
+	base := netemu.TAINow() + uint64(24*time.Hour) // far-future launch times
+	maxPod, maxTotal := uint32(0), 0
+	goodSent := 0
+	for i := 0; i < floodCount; i++ {
+		if err := local.Send(9, uint32(i), uint32(1+i%7), base+uint64(i), 0, 0); err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 0 {
+			if err := sg.Send(10, uint32(goodSent), 5, 0, 5, 0); err != nil {
+				t.Fatal(err)
+			}
+			goodSent++
+		}
+		if i%10000 == 0 {
+			pod, total, err := m.InFlight("flooder")
+			if err != nil {
+				t.Fatal(err)
+			}
+			maxPod, maxTotal = max(maxPod, pod), max(maxTotal, total)
+		}
+	}
+	c, _ := m.Counters("flooder")
+	tot := c.Total()
+	t.Logf("after %d local packets: max in-flight of the pod %d, max map entries %d, counters %+v", floodCount, maxPod, maxTotal, tot)
+	if maxPod > quota || maxTotal > quota+8 {
+		t.Errorf("map not bounded: pod held %d (quota %d), map had %d entries", maxPod, quota, maxTotal)
+	}
+	if tot.Missed == 0 || tot.Saved+tot.Missed != floodCount {
+		t.Errorf("want the flood past the quota counted as missed: %+v", tot)
+	}
+	if r := waitTotal(t, obs, 10, uint64(goodSent)); r.Right != uint64(goodSent) || r.Wrong != 0 {
+		t.Errorf("other pod during the flood: want %d right, got %+v", goodSent, r)
+	}
+
+	// Everything the flooder saved expires (TTL 300ms, GC every 100ms).
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		pod, total, err := m.InFlight("flooder")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pod == 0 && total == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("entries did not expire: pod %d, map %d", pod, total)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c, _ = m.Counters("flooder")
+	if tot := c.Total(); tot.Expired != tot.Saved {
+		t.Errorf("want every saved entry expired, got %+v", tot)
+	}
+}
