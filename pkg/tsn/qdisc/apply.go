@@ -189,6 +189,16 @@ func (c *Client) apply(ctx context.Context, link Link, prev State, cfg Config) e
 		link.TxQueues = cfg.TxQueues
 	}
 	handle := pickRootHandle(prev)
+	if prev.Root != nil && resetsTCMap(prev.Root.Kind) {
+		// taprio and mqprio clear the device's traffic-class map when they are
+		// destroyed, which happens after a new root is grafted in: the new root
+		// would run without its map (seen on 6.1, and caught by the read-back).
+		// So the old root goes first; the device runs its default qdisc until the
+		// new one is in, and gets the old one back if the new one fails.
+		if err := c.Delete(link.Index, HandleRoot); err != nil {
+			return err
+		}
+	}
 	if err := c.Replace(link.Index, handle, HandleRoot, cfg.Root); err != nil {
 		return err
 	}
@@ -207,6 +217,10 @@ func (c *Client) apply(ctx context.Context, link Link, prev State, cfg Config) e
 	logger.Info("Applied qdiscs", "device", link.Name, "root", cfg.Root.Kind(), "handle", handle, "children", len(cfg.Children))
 	return nil
 }
+
+// resetsTCMap reports whether destroying a root of this kind clears the
+// device's traffic-class map (netdev_reset_tc).
+func resetsTCMap(kind string) bool { return kind == "taprio" || kind == "mqprio" }
 
 func pickRootHandle(prev State) Handle {
 	used := map[uint16]bool{}
@@ -256,19 +270,24 @@ func (c *Client) Restore(ctx context.Context, link Link, s State) error {
 			}
 		}
 	}
-	switch {
-	case s.Root == nil || s.Root.Default():
-		// Deleting the root gives the device its default qdisc back.
-		cur, err := c.Snapshot(link)
-		if err != nil {
+	cur, err := c.Snapshot(link)
+	if err != nil {
+		return err
+	}
+	if sameTree(s, cur) == nil {
+		// The kernel refused the new root before swapping it in.
+		klog.FromContext(ctx).V(2).Info("Previous qdiscs still in place", "device", link.Name, "root", s.Root)
+		return nil
+	}
+	// Deleting the root gives the device its default qdisc back; re-creating the
+	// old root over a default one also keeps a taprio/mqprio map from being
+	// cleared by the destruction of the failed root.
+	if cur.Root != nil && !cur.Root.Default() {
+		if err := c.Delete(link.Index, HandleRoot); err != nil {
 			return err
 		}
-		if cur.Root != nil && !cur.Root.Default() {
-			if err := c.Delete(link.Index, HandleRoot); err != nil {
-				return err
-			}
-		}
-	default:
+	}
+	if s.Root != nil && !s.Root.Default() {
 		if err := c.recreate(link.Index, *s.Root); err != nil {
 			return err
 		}
