@@ -226,7 +226,8 @@ func TestMapBounded(t *testing.T) {
 	if maxPod > quota || maxTotal > quota+8 {
 		t.Errorf("map not bounded: pod held %d (quota %d), map had %d entries", maxPod, quota, maxTotal)
 	}
-	if tot.Missed == 0 || tot.Saved+tot.Missed != floodCount {
+	// (+ a few packets of the pod's own kernel, IPv6 ND/MLD with priority 7)
+	if tot.Missed == 0 || tot.Saved+tot.Missed < floodCount || tot.Saved+tot.Missed > floodCount+8 {
 		t.Errorf("want the flood past the quota counted as missed: %+v", tot)
 	}
 	if r := waitTotal(t, obs, 10, uint64(goodSent)); r.Right != uint64(goodSent) || r.Wrong != 0 {
