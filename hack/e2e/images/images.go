@@ -1,0 +1,68 @@
+// Package images builds the container images of the end-to-end tests from
+// this repository's static Go binaries: the sandbox (pause) image and the
+// example talker/receiver image.
+package images
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/cluster"
+	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/image"
+)
+
+// Examples holds /bin/talker and /bin/receiver; pods give the command.
+const Examples = "tsn-e2e.local/examples:e2e"
+
+// GoBuild builds the main package pkg (a path relative to dir, e.g.
+// ./examples/talker) as a static binary at out.
+func GoBuild(ctx context.Context, dir, pkg, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w: %s", pkg, err, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
+// Build writes the pause and examples images into one archive for
+// cluster.ImportImages. repo is the repository root.
+func Build(ctx context.Context, repo, archive string) error {
+	tmp, err := os.MkdirTemp("", "tsn-e2e-images-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	bins := map[string][2]string{ // name -> module dir, package
+		"pause":    {filepath.Join(repo, "hack", "e2e"), "./cmd/pause"},
+		"talker":   {repo, "./examples/talker"},
+		"receiver": {repo, "./examples/receiver"},
+	}
+	for name, b := range bins {
+		if err := GoBuild(ctx, b[0], b[1], filepath.Join(tmp, name)); err != nil {
+			return err
+		}
+	}
+	pause, err := image.Build(image.Spec{
+		Files:      []image.File{{Src: filepath.Join(tmp, "pause"), Dst: "/pause"}},
+		Entrypoint: []string{"/pause"},
+	})
+	if err != nil {
+		return err
+	}
+	examples, err := image.Build(image.Spec{Files: []image.File{
+		{Src: filepath.Join(tmp, "talker"), Dst: "/bin/talker"},
+		{Src: filepath.Join(tmp, "receiver"), Dst: "/bin/receiver"},
+	}})
+	if err != nil {
+		return err
+	}
+	return image.WriteArchive(archive, map[string]v1.Image{cluster.PauseImage: pause, Examples: examples})
+}
