@@ -6,8 +6,13 @@ GOFLAGS   ?=
 BIN       ?= bin
 # Root tests build network namespaces and load eBPF; they skip with a reason when not root.
 TEST_FLAGS ?= -count=1
+# The reference CNI plugins the pod-lifecycle tests wire pods with, built from
+# the Go module proxy into a versioned cache outside the repo.
+CNI_PLUGINS_VERSION ?= v1.9.1
+CNI_PATH  ?= /var/cache/tsn-dra-driver/cni-$(CNI_PLUGINS_VERSION)
+export CNI_PATH
 
-.PHONY: all build test test-unit lint generate demo clean
+.PHONY: all build test test-unit lint generate demo clean cni-plugins
 
 all: build
 
@@ -16,7 +21,7 @@ build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/...
 
 ## test: vet + every Go test (root tests run as root, skip otherwise).
-test: lint
+test: lint cni-plugins
 	$(GO) test $(GOFLAGS) $(TEST_FLAGS) ./...
 
 ## test-unit: the tests that need neither root nor a kernel feature.
@@ -31,6 +36,13 @@ lint:
 ## generate: rebuild the eBPF objects with clang (bpf2go) and other generated code.
 generate:
 	$(GO) generate ./...
+
+## cni-plugins: install the bridge, host-local and loopback CNI plugins into $(CNI_PATH).
+cni-plugins: $(CNI_PATH)/bridge $(CNI_PATH)/host-local $(CNI_PATH)/loopback
+
+$(CNI_PATH)/%:
+	mkdir -p $(CNI_PATH)
+	GOBIN=$(CNI_PATH) CGO_ENABLED=0 $(GO) install github.com/containernetworking/plugins/plugins/$(if $(filter host-local,$*),ipam,main)/$*@$(CNI_PLUGINS_VERSION)
 
 clean:
 	rm -rf $(BIN)

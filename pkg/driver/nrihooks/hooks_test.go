@@ -94,7 +94,7 @@ func (f *fakeSavers) get(uid string) (datapath.SaverInfo, bool) {
 // runtime is the container runtime side of NRI (what containerd embeds),
 // listening on a unix socket in a temp dir, with a list of pods it reports on
 // Synchronize.
-type runtime struct {
+type nriRuntime struct {
 	t      *testing.T
 	r      *adaptation.Adaptation
 	socket string
@@ -104,9 +104,9 @@ type runtime struct {
 	pods []*api.PodSandbox
 }
 
-func startRuntime(t *testing.T, socket string, pods ...*api.PodSandbox) *runtime {
+func startRuntime(t *testing.T, socket string, pods ...*api.PodSandbox) *nriRuntime {
 	t.Helper()
-	rt := &runtime{t: t, socket: socket, synced: make(chan struct{}, 8), pods: pods}
+	rt := &nriRuntime{t: t, socket: socket, synced: make(chan struct{}, 8), pods: pods}
 	dir := t.TempDir()
 	sync := func(ctx context.Context, cb adaptation.SyncCB) error {
 		rt.mu.Lock()
@@ -137,7 +137,7 @@ func startRuntime(t *testing.T, socket string, pods ...*api.PodSandbox) *runtime
 	return rt
 }
 
-func (rt *runtime) waitSynced() {
+func (rt *nriRuntime) waitSynced() {
 	rt.t.Helper()
 	select {
 	case <-rt.synced:
@@ -146,15 +146,15 @@ func (rt *runtime) waitSynced() {
 	}
 }
 
-func (rt *runtime) runPod(pod *api.PodSandbox) error {
+func (rt *nriRuntime) runPod(pod *api.PodSandbox) error {
 	return rt.r.RunPodSandbox(context.Background(), &adaptation.RunPodSandboxRequest{Pod: pod})
 }
 
-func (rt *runtime) stopPod(pod *api.PodSandbox) error {
+func (rt *nriRuntime) stopPod(pod *api.PodSandbox) error {
 	return rt.r.StopPodSandbox(context.Background(), &adaptation.StopPodSandboxRequest{Pod: pod})
 }
 
-func (rt *runtime) removePod(pod *api.PodSandbox) error {
+func (rt *nriRuntime) removePod(pod *api.PodSandbox) error {
 	return rt.r.RemovePodSandbox(context.Background(), &adaptation.RemovePodSandboxRequest{Pod: pod})
 }
 
@@ -175,7 +175,7 @@ var plan1 = nrihooks.PodPlan{
 type env struct {
 	plans   *fakePlans
 	savers  *fakeSavers
-	rt      *runtime
+	rt      *nriRuntime
 	reg     *prometheus.Registry
 	cancel  context.CancelFunc
 	stopped chan struct{}

@@ -1,0 +1,506 @@
+package nrihooks_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/containerd/nri/pkg/api"
+	"github.com/containernetworking/cni/libcni"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/bpf"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nrihooks"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/observe"
+)
+
+// cniPluginDirs are searched, in order, for the reference CNI plugins; the
+// Makefile's cni-plugins target installs them into the first default.
+var cniPluginDirs = []string{
+	os.Getenv("CNI_PATH"),
+	"/var/cache/tsn-dra-driver/cni-v1.9.1",
+	"/var/cache/tsn-dra-driver/e2e-v1/bin/cni",
+	"/opt/cni/bin",
+}
+
+func cniPath(t *testing.T) string {
+	for _, d := range cniPluginDirs {
+		if d == "" {
+			continue
+		}
+		ok := true
+		for _, p := range []string{"bridge", "host-local", "loopback"} {
+			if _, err := os.Stat(filepath.Join(d, p)); err != nil {
+				ok = false
+			}
+		}
+		if ok {
+			return d
+		}
+	}
+	t.Skip("the CNI bridge, host-local and loopback plugins are not installed (run `make cni-plugins`, or set CNI_PATH)")
+	return ""
+}
+
+func suffix() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// inNetns runs f on a thread in the network namespace at path; plugins that f
+// executes inherit it, as they do under a container runtime.
+func inNetns(path string, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromPath(path)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			errc <- err
+			return
+		}
+		ferr := f()
+		if err := netns.Set(orig); err != nil {
+			errc <- fmt.Errorf("back to the original netns: %w (thread discarded)", err)
+			return // the thread stays locked and dies with the goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// cniNode makes pod network namespaces the way a container runtime does: a
+// new netns, then the bridge CNI plugin (run in the node's host netns) wires
+// eth0 to a bridge with the gateway address and host-local IPAM.
+type cniNode struct {
+	t        *testing.T
+	hostNetn string
+	cni      *libcni.CNIConfig
+	conf     *libcni.NetworkConfigList
+	pods     map[string]string // uid -> netns path
+}
+
+func newCNINode(t *testing.T, hostNetns string) *cniNode {
+	t.Helper()
+	dir := t.TempDir()
+	conf, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "tsn-test",
+  "plugins": [{
+    "type": "bridge",
+    "bridge": "cni0",
+    "isGateway": true,
+    "ipMasq": false,
+    "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "10.1.0.0/16", "gateway": "10.1.0.1"}]],
+             "dataDir": %q}
+  }]
+}`, filepath.Join(dir, "ipam"))))
+	if err != nil {
+		t.Fatalf("parse CNI config: %v", err)
+	}
+	return &cniNode{
+		t: t, hostNetn: hostNetns, conf: conf, pods: map[string]string{},
+		cni: libcni.NewCNIConfigWithCacheDir([]string{cniPath(t)}, filepath.Join(dir, "cache"), nil),
+	}
+}
+
+func (c *cniNode) rt(uid string) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: "sb-" + uid, NetNS: c.pods[uid], IfName: "eth0"}
+}
+
+// addPod creates the pod's netns and runs CNI ADD for it.
+func (c *cniNode) addPod(uid string) *api.PodSandbox {
+	c.t.Helper()
+	name := "tsnnri-" + suffix() + "-" + uid
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		h, err := netns.NewNamed(name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		h.Close()
+		if err := netns.Set(orig); err != nil {
+			errc <- err
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		c.t.Fatalf("create pod netns %s: %v", name, err)
+	}
+	c.pods[uid] = filepath.Join("/var/run/netns", name)
+	c.t.Cleanup(func() { c.delPod(uid) })
+	var res any
+	err := inNetns(c.hostNetn, func() error {
+		r, err := c.cni.AddNetworkList(context.Background(), c.conf, c.rt(uid))
+		res = r
+		return err
+	})
+	if err != nil {
+		c.t.Fatalf("CNI ADD for pod %s: %v", uid, err)
+	}
+	out, _ := json.Marshal(res)
+	c.t.Logf("pod %s: netns %s, CNI result %s", uid, c.pods[uid], out)
+	return pod(uid, c.pods[uid])
+}
+
+// delPod runs CNI DEL and removes the netns; it is safe to call twice.
+func (c *cniNode) delPod(uid string) {
+	path, ok := c.pods[uid]
+	if !ok {
+		return
+	}
+	delete(c.pods, uid)
+	_ = inNetns(c.hostNetn, func() error {
+		return c.cni.DelNetworkList(context.Background(), c.conf, &libcni.RuntimeConf{ContainerID: "sb-" + uid, NetNS: path, IfName: "eth0"})
+	})
+	_ = netns.DeleteNamed(filepath.Base(path))
+}
+
+// sendFrom sends n packets from the pod with socket priority prio, each
+// saying in its payload what it must leave tsn0 with.
+func sendFrom(t *testing.T, netnsPath string, dst *netemu.Node, tag uint32, n int, prio, wantPrio uint32) {
+	t.Helper()
+	s, err := netemu.NewSender(netnsPath, dst.Dest, unix.CLOCK_TAI)
+	if err != nil {
+		t.Fatalf("sender in %s: %v", netnsPath, err)
+	}
+	defer s.Close()
+	for i := 0; i < n; i++ {
+		if err := s.Send(tag, uint32(i), prio, 0, wantPrio, 0); err != nil {
+			t.Fatalf("send %d from %s: %v", i, netnsPath, err)
+		}
+	}
+}
+
+// waitResult polls the observer until n packets of the flow were seen.
+func waitResult(t *testing.T, o *observe.Observer, tag uint32, n int) observe.Result {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := o.Result(tag)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Total >= uint64(n) || time.Now().After(deadline) {
+			return r
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type daemon struct {
+	mgr    *datapath.Manager
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// startDaemon opens the data path on the pin dir and connects the hooks to
+// the runtime, as the driver daemon does at start.
+func startDaemon(t *testing.T, node *netemu.Node, pinDir, socket string, plans nrihooks.PlanSource, reg prometheus.Registerer) *daemon {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	mgr, err := datapath.Open(ctx, datapath.WithPinDir(pinDir), datapath.WithNetns(node.HostNetns))
+	if err != nil {
+		cancel()
+		t.Fatalf("open data path: %v", err)
+	}
+	if err := mgr.EnsureRestorer(ctx, netemu.NIC); err != nil {
+		cancel()
+		t.Fatalf("restorer on %s: %v", netemu.NIC, err)
+	}
+	d := &daemon{mgr: mgr, cancel: cancel, done: make(chan struct{})}
+	h := nrihooks.New(plans, mgr, nrihooks.NewMetrics(reg))
+	go func() {
+		defer close(d.done)
+		_ = nrihooks.Run(ctx, h, nrihooks.Options{PluginName: "tsn.dra.io", SocketPath: socket, RetryInterval: 50 * time.Millisecond})
+	}()
+	return d
+}
+
+// stop ends the daemon the way a restart does: handles go, pins stay.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	d.cancel()
+	<-d.done
+	if err := d.mgr.Close(); err != nil {
+		t.Fatalf("close data path: %v", err)
+	}
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds network namespaces and loads eBPF")
+	}
+	if os.Getenv("TSN_SKIP_ROOT_TESTS") != "" {
+		t.Skip("TSN_SKIP_ROOT_TESTS is set")
+	}
+}
+
+// TestPodsThroughNRI is the issue's scenario: pods made by the bridge CNI
+// plugin, started through NRI's runtime side, traffic checked at tsn0.
+func TestPodsThroughNRI(t *testing.T) {
+	requireRoot(t)
+	node, err := netemu.New(netemu.Routed, 0)
+	if err != nil {
+		t.Fatalf("emulated node: %v", err)
+	}
+	t.Cleanup(node.Close)
+	cni := newCNINode(t, node.HostNetns)
+	pinDir := filepath.Join("/sys/fs/bpf", "tsn-nri-test-"+suffix())
+	t.Cleanup(func() { _ = os.RemoveAll(pinDir) })
+
+	// Class 1 is priority 1, class 2 priority 2 on this NIC.
+	plans := &fakePlans{plans: map[string]nrihooks.PodPlan{
+		"a": {Interface: "eth0", Claims: []string{"default/a-tc1"},
+			Policy: datapath.Policy{Allowed: []uint32{1}, Action: datapath.ActionDemote}},
+		"c": {Interface: "eth0", Claims: []string{"default/c-tc2"},
+			Policy: datapath.Policy{Allowed: []uint32{2}, Action: datapath.ActionDemote}},
+	}}
+	socket := filepath.Join(t.TempDir(), "nri.sock")
+	rt := startRuntime(t, socket)
+	reg := prometheus.NewRegistry()
+	d := startDaemon(t, node, pinDir, socket, plans, reg)
+	rt.waitSynced()
+	defer func() {
+		if d != nil {
+			d.stop(t)
+		}
+	}()
+
+	obs, err := observe.Attach(node.HostNetns, netemu.NIC, d.mgr.Mode())
+	if err != nil {
+		t.Fatalf("observer: %v", err)
+	}
+	t.Cleanup(func() { obs.Close() })
+
+	pods := map[string]*api.PodSandbox{}
+	for _, uid := range []string{"a", "b", "c"} {
+		pods[uid] = cni.addPod(uid)
+		if err := rt.runPod(pods[uid]); err != nil {
+			t.Fatalf("RunPodSandbox(%s): %v", uid, err)
+		}
+	}
+	savers, err := d.mgr.Savers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := saverUIDs(savers); !slices.Equal(got, []string{"a", "c"}) {
+		t.Fatalf("savers after RunPodSandbox = %v, want [a c] (b has no claim)", got)
+	}
+
+	const n = 500
+	// a claims class 1 and sends 1: arrives as 1.
+	sendFrom(t, cni.pods["a"], node, 1, n, 1, 1)
+	// b claims nothing and sends 1: the kernel scrubs it to 0.
+	sendFrom(t, cni.pods["b"], node, 2, n, 1, 0)
+	// c claims class 2 and sends 1: demoted to 0, counted.
+	sendFrom(t, cni.pods["c"], node, 3, n, 1, 0)
+	for _, tc := range []struct {
+		uid  string
+		tag  uint32
+		prio uint32
+	}{{"a", 1, 1}, {"b", 2, 0}, {"c", 3, 0}} {
+		r := waitResult(t, obs, tc.tag, n)
+		t.Logf("pod %s: %d packets at tsn0, by priority %v, right %d, wrong %d", tc.uid, r.Total, r.ByGot, r.Right, r.Wrong)
+		if r.Total != n || r.ByGot[tc.prio] != n || r.Wrong != 0 {
+			t.Errorf("pod %s: %d of %d packets left tsn0 with priority %d (by priority %v, wrong %d)", tc.uid, r.ByGot[tc.prio], n, tc.prio, r.ByGot, r.Wrong)
+		}
+	}
+	cc, err := d.mgr.Counters("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cc.ByPriority[1].Demoted; got != n {
+		t.Errorf("pod c: demoted counter for priority 1 = %d, want %d", got, n)
+	}
+
+	// Restart: the daemon goes away mid-life; pods keep being protected
+	// while it is down (pinned programs) and after it is back.
+	d.stop(t)
+	d = nil
+	sendFrom(t, cni.pods["a"], node, 4, n, 1, 1)
+	if r := waitResult(t, obs, 4, n); r.ByGot[1] != n || r.Wrong != 0 {
+		t.Errorf("while the daemon was down: %d of %d packets of pod a left with priority 1 (%v, wrong %d)", r.ByGot[1], n, r.ByGot, r.Wrong)
+	}
+	rt.r.Stop() // the old connection is gone with the daemon; a runtime restart re-syncs
+	rt2 := startRuntime(t, socket)
+	rt2.mu.Lock()
+	rt2.pods = []*api.PodSandbox{pods["a"], pods["b"], pods["c"]}
+	rt2.mu.Unlock()
+	d = startDaemon(t, node, pinDir, socket, plans, prometheus.NewRegistry())
+	rt2.waitSynced()
+	sendFrom(t, cni.pods["a"], node, 5, n, 1, 1)
+	if r := waitResult(t, obs, 5, n); r.ByGot[1] != n || r.Wrong != 0 {
+		t.Errorf("after the restart: %d of %d packets of pod a left with priority 1 (%v, wrong %d)", r.ByGot[1], n, r.ByGot, r.Wrong)
+	}
+	if savers, _ := d.mgr.Savers(); !slices.Equal(saverUIDs(savers), []string{"a", "c"}) {
+		t.Fatalf("savers after restart = %v, want [a c]", saverUIDs(savers))
+	}
+
+	// Pods go: nothing of theirs remains.
+	for _, uid := range []string{"a", "b", "c"} {
+		if err := rt2.stopPod(pods[uid]); err != nil {
+			t.Fatalf("StopPodSandbox(%s): %v", uid, err)
+		}
+		cni.delPod(uid)
+		if err := rt2.removePod(pods[uid]); err != nil {
+			t.Fatalf("RemovePodSandbox(%s) after its netns is gone: %v", uid, err)
+		}
+	}
+	if savers, _ := d.mgr.Savers(); len(savers) != 0 {
+		t.Fatalf("savers after the pods went: %v", saverUIDs(savers))
+	}
+	requireNothingLeft(t, pinDir)
+}
+
+// TestHookLatency measures RunPodSandbox and StopPodSandbox through NRI for
+// claimed pods, as containerd calls them (p50/p99 go to the test log).
+func TestHookLatency(t *testing.T) {
+	requireRoot(t)
+	node, err := netemu.New(netemu.Routed, 0)
+	if err != nil {
+		t.Fatalf("emulated node: %v", err)
+	}
+	t.Cleanup(node.Close)
+	cni := newCNINode(t, node.HostNetns)
+	pinDir := filepath.Join("/sys/fs/bpf", "tsn-nri-lat-"+suffix())
+	t.Cleanup(func() { _ = os.RemoveAll(pinDir) })
+
+	const npods, rounds = 10, 10
+	plans := &fakePlans{plans: map[string]nrihooks.PodPlan{}}
+	var pods []*api.PodSandbox
+	for i := 0; i < npods; i++ {
+		uid := fmt.Sprintf("p%d", i)
+		plans.set(uid, nrihooks.PodPlan{Interface: "eth0", Policy: datapath.Policy{Allowed: []uint32{1, 2}, Action: datapath.ActionDrop}})
+		pods = append(pods, cni.addPod(uid))
+	}
+	socket := filepath.Join(t.TempDir(), "nri.sock")
+	rt := startRuntime(t, socket)
+	d := startDaemon(t, node, pinDir, socket, plans, prometheus.NewRegistry())
+	defer d.stop(t)
+	rt.waitSynced()
+
+	var run, stop []time.Duration
+	for r := 0; r < rounds; r++ {
+		for _, p := range pods {
+			start := time.Now()
+			if err := rt.runPod(p); err != nil {
+				t.Fatalf("RunPodSandbox(%s): %v", p.Uid, err)
+			}
+			run = append(run, time.Since(start))
+			start = time.Now()
+			if err := rt.stopPod(p); err != nil {
+				t.Fatalf("StopPodSandbox(%s): %v", p.Uid, err)
+			}
+			stop = append(stop, time.Since(start))
+		}
+	}
+	p50r, p99r := percentiles(run)
+	p50s, p99s := percentiles(stop)
+	t.Logf("RunPodSandbox (attach saver) over NRI: n=%d p50=%v p99=%v", len(run), p50r, p99r)
+	t.Logf("StopPodSandbox (detach saver) over NRI: n=%d p50=%v p99=%v", len(stop), p50s, p99s)
+	// containerd drops a hook after 2 s; anything near that is a failure
+	// whatever the machine's load.
+	if p99r > 500*time.Millisecond || p99s > 500*time.Millisecond {
+		t.Errorf("hook p99 too slow: run %v, stop %v (containerd's limit is 2s)", p99r, p99s)
+	}
+	if savers, _ := d.mgr.Savers(); len(savers) != 0 {
+		t.Errorf("savers left after every pod stopped: %v", saverUIDs(savers))
+	}
+}
+
+func percentiles(d []time.Duration) (p50, p99 time.Duration) {
+	s := slices.Clone(d)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)*50/100], s[(len(s)*99+99)/100-1]
+}
+
+func saverUIDs(s []datapath.SaverInfo) []string {
+	var out []string
+	for _, i := range s {
+		out = append(out, i.PodUID)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// requireNothingLeft checks that no saver pin and no saved entry remains
+// in the data path's pin dir (entries of packets that never reached the NIC
+// expire within the TTL).
+func requireNothingLeft(t *testing.T, pinDir string) {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(pinDir, "savers"))
+	if err != nil {
+		t.Fatalf("read saver pins: %v", err)
+	}
+	if len(ents) != 0 {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("saver pins left after the pods went: %v", names)
+	}
+	meta, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", bpf.TsnMapTsnMeta), nil)
+	if err != nil {
+		t.Fatalf("open pinned metadata map: %v", err)
+	}
+	defer meta.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := 0
+		var k bpf.TsnTsnKey
+		var v bpf.TsnTsnVal
+		it := meta.Iterate()
+		for it.Next(&k, &v) {
+			n++
+		}
+		if it.Err() != nil {
+			t.Fatalf("iterate metadata map: %v", it.Err())
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%d saved entries left in the metadata map 5s after the pods went", n)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
