@@ -1,0 +1,139 @@
+// Package nicsetup configures a TSN NIC for the claims on it: the first claim
+// on a NIC puts the NIC's schedule and the restorer on it, the last one to go
+// leaves them or takes them off as the node config says. A NIC shared by many
+// claims is configured once.
+//
+// It counts claims, not pods: claims are what kubelet prepares and
+// unprepares, and what the checkpoint remembers across restarts.
+package nicsetup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"k8s.io/klog/v2"
+)
+
+// NIC is what the setup needs to know of a NIC.
+type NIC struct {
+	// Name is the NIC's name in the node config (device names "<name>-tc<n>").
+	Name string
+	// Interface is its kernel interface name.
+	Interface string
+	// RemoveOnLastRelease takes schedule and restorer off when the last claim goes.
+	RemoveOnLastRelease bool
+}
+
+// Restorers is the part of the data path the setup drives.
+type Restorers interface {
+	EnsureRestorer(ctx context.Context, ifname string) error
+	RemoveRestorer(ctx context.Context, ifname string) error
+}
+
+// Schedules puts a NIC's configured schedule on it and takes it off again.
+type Schedules interface {
+	// Apply puts the schedule the node config gives the NIC on it; it is a
+	// no-op when the NIC already runs it, and leaves the NIC as it was on
+	// failure.
+	Apply(ctx context.Context, nic NIC) error
+	// Remove takes the schedule off and gives the NIC back its previous (or
+	// default) root qdisc.
+	Remove(ctx context.Context, nic NIC) error
+}
+
+// Setup tracks the claims on each NIC. It is safe for concurrent use.
+type Setup struct {
+	restorers Restorers
+	schedules Schedules
+
+	mu sync.Mutex
+	// claims[nic.Name] holds the UIDs of the claims using the NIC.
+	claims map[string]map[string]bool
+	nics   map[string]NIC
+}
+
+// New returns a setup that tracks no claims.
+func New(restorers Restorers, schedules Schedules) *Setup {
+	return &Setup{restorers: restorers, schedules: schedules, claims: map[string]map[string]bool{}, nics: map[string]NIC{}}
+}
+
+// Acquire records that claimUID uses nic. On every call it makes sure the
+// schedule and the restorer are on the NIC (both are idempotent, and a NIC
+// whose qdisc somebody replaced is put right again). On failure the claim is
+// not recorded and, if it was the NIC's first, what this call put on the NIC
+// is taken off again.
+func (s *Setup) Acquire(ctx context.Context, nic NIC, claimUID string) error {
+	logger := klog.FromContext(ctx).WithValues("nic", nic.Name, "interface", nic.Interface, "claimUID", claimUID)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	users := s.claims[nic.Name]
+	first := len(users) == 0
+	if err := s.schedules.Apply(ctx, nic); err != nil {
+		return fmt.Errorf("apply the TSN schedule of NIC %s (%s): %w", nic.Name, nic.Interface, err)
+	}
+	if err := s.restorers.EnsureRestorer(ctx, nic.Interface); err != nil {
+		err = fmt.Errorf("attach the restorer to NIC %s (%s): %w", nic.Name, nic.Interface, err)
+		if first && nic.RemoveOnLastRelease {
+			if rerr := s.schedules.Remove(ctx, nic); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("and taking the schedule off again failed: %w", rerr))
+			}
+		}
+		return err
+	}
+	if users == nil {
+		users = map[string]bool{}
+		s.claims[nic.Name] = users
+	}
+	if !users[claimUID] {
+		users[claimUID] = true
+		logger.Info("Claim uses NIC", "claims", len(users), "first", first)
+	}
+	s.nics[nic.Name] = nic
+	return nil
+}
+
+// Release records that claimUID no longer uses the NIC named nicName; the
+// last claim to go takes schedule and restorer off if the NIC says so.
+// Releasing a claim that is not recorded is a no-op.
+func (s *Setup) Release(ctx context.Context, nicName, claimUID string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	users := s.claims[nicName]
+	if !users[claimUID] {
+		return nil
+	}
+	nic := s.nics[nicName]
+	logger := klog.FromContext(ctx).WithValues("nic", nicName, "interface", nic.Interface, "claimUID", claimUID)
+	if len(users) == 1 && nic.RemoveOnLastRelease {
+		// Take the restorer off first: without the schedule it would still
+		// restore priorities, but into a qdisc that no longer means them.
+		if err := s.restorers.RemoveRestorer(ctx, nic.Interface); err != nil {
+			return fmt.Errorf("detach the restorer from NIC %s (%s): %w", nicName, nic.Interface, err)
+		}
+		if err := s.schedules.Remove(ctx, nic); err != nil {
+			return fmt.Errorf("take the TSN schedule off NIC %s (%s): %w", nicName, nic.Interface, err)
+		}
+		logger.Info("Last claim released: schedule and restorer removed")
+	}
+	delete(users, claimUID)
+	if len(users) == 0 {
+		delete(s.claims, nicName)
+	}
+	logger.Info("Claim released NIC", "claims", len(users))
+	return nil
+}
+
+// Claims returns the UIDs of the claims on the NIC, sorted.
+func (s *Setup) Claims(nicName string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.claims[nicName]))
+	for uid := range s.claims[nicName] {
+		out = append(out, uid)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,118 @@
+package nicsetup
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// fake records calls to the data path and the qdisc side in one log.
+type fake struct {
+	log       []string
+	applyErr  error
+	ensureErr error
+}
+
+func (f *fake) EnsureRestorer(_ context.Context, ifname string) error {
+	f.log = append(f.log, "ensure-restorer "+ifname)
+	return f.ensureErr
+}
+
+func (f *fake) RemoveRestorer(_ context.Context, ifname string) error {
+	f.log = append(f.log, "remove-restorer "+ifname)
+	return nil
+}
+
+func (f *fake) Apply(_ context.Context, nic NIC) error {
+	f.log = append(f.log, "apply "+nic.Interface)
+	return f.applyErr
+}
+
+func (f *fake) Remove(_ context.Context, nic NIC) error {
+	f.log = append(f.log, "remove "+nic.Interface)
+	return nil
+}
+
+func (f *fake) take() []string { l := f.log; f.log = nil; return l }
+
+var (
+	keep   = NIC{Name: "tsn0", Interface: "eth1"}
+	remove = NIC{Name: "tsn0", Interface: "eth1", RemoveOnLastRelease: true}
+)
+
+func TestSharedNICConfiguredOnceRemovedWithLastClaim(t *testing.T) {
+	ctx := context.Background()
+	f := &fake{}
+	s := New(f, f)
+	for _, uid := range []string{"c1", "c2", "c1"} {
+		if err := s.Acquire(ctx, remove, uid); err != nil {
+			t.Fatalf("Acquire(%s): %v", uid, err)
+		}
+	}
+	if got := s.Claims("tsn0"); !slices.Equal(got, []string{"c1", "c2"}) {
+		t.Fatalf("claims = %v, want [c1 c2]", got)
+	}
+	f.take()
+	if err := s.Release(ctx, "tsn0", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.take(); len(got) != 0 {
+		t.Fatalf("release of a non-last claim touched the NIC: %v", got)
+	}
+	for i := 0; i < 2; i++ { // the second release is a no-op
+		if err := s.Release(ctx, "tsn0", "c2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := f.take(), []string{"remove-restorer eth1", "remove eth1"}; !slices.Equal(got, want) {
+		t.Fatalf("last release = %v, want %v", got, want)
+	}
+	if got := s.Claims("tsn0"); len(got) != 0 {
+		t.Fatalf("claims after last release = %v", got)
+	}
+}
+
+func TestKeepPolicyLeavesScheduleAndRestorer(t *testing.T) {
+	ctx := context.Background()
+	f := &fake{}
+	s := New(f, f)
+	if err := s.Acquire(ctx, keep, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := f.take(), []string{"apply eth1", "ensure-restorer eth1"}; !slices.Equal(got, want) {
+		t.Fatalf("acquire = %v, want %v", got, want)
+	}
+	if err := s.Release(ctx, "tsn0", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.take(); len(got) != 0 {
+		t.Fatalf("release with onLastRelease=keep touched the NIC: %v", got)
+	}
+}
+
+func TestFailedAcquireRecordsNothingAndUndoes(t *testing.T) {
+	ctx := context.Background()
+	f := &fake{applyErr: errors.New("taprio refused")}
+	s := New(f, f)
+	err := s.Acquire(ctx, remove, "c1")
+	if err == nil || !strings.Contains(err.Error(), "apply the TSN schedule of NIC tsn0 (eth1): taprio refused") {
+		t.Fatalf("Acquire with a failing schedule = %v", err)
+	}
+	if got, want := f.take(), []string{"apply eth1"}; !slices.Equal(got, want) {
+		t.Fatalf("calls = %v, want %v (no restorer without a schedule)", got, want)
+	}
+
+	f.applyErr, f.ensureErr = nil, errors.New("no bpffs")
+	err = s.Acquire(ctx, remove, "c1")
+	if err == nil || !strings.Contains(err.Error(), "attach the restorer to NIC tsn0 (eth1): no bpffs") {
+		t.Fatalf("Acquire with a failing restorer = %v", err)
+	}
+	if got, want := f.take(), []string{"apply eth1", "ensure-restorer eth1", "remove eth1"}; !slices.Equal(got, want) {
+		t.Fatalf("calls = %v, want %v (schedule taken off again)", got, want)
+	}
+	if got := s.Claims("tsn0"); len(got) != 0 {
+		t.Fatalf("a failed acquire recorded claims %v", got)
+	}
+}
