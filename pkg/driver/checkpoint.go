@@ -1,0 +1,100 @@
+package driver
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// checkpointVersion is bumped when the file format changes incompatibly.
+const checkpointVersion = 1
+
+// checkpoint persists the prepared claims in one JSON file. Each write replaces the file
+// atomically (temporary file, fsync, rename, fsync of the directory), so a crash leaves either
+// the old or the new state, never a mix. A checksum catches a file damaged otherwise.
+type checkpoint struct {
+	path string
+}
+
+type checkpointFile struct {
+	Version  int    `json:"version"`
+	Checksum string `json:"checksum"`
+	// Claims is kept as raw JSON so the checksum covers exactly the bytes on disk.
+	Claims json.RawMessage `json:"claims"`
+}
+
+func (c *checkpoint) load() (map[types.UID]PreparedClaim, error) {
+	data, err := os.ReadFile(c.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return map[types.UID]PreparedClaim{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint: %w", err)
+	}
+	var f checkpointFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("checkpoint %s is damaged: %w", c.path, err)
+	}
+	if f.Version != checkpointVersion {
+		return nil, fmt.Errorf("checkpoint %s has version %d, this driver reads version %d", c.path, f.Version, checkpointVersion)
+	}
+	if sum := checksum(f.Claims); sum != f.Checksum {
+		return nil, fmt.Errorf("checkpoint %s is damaged: checksum %s, content hashes to %s", c.path, f.Checksum, sum)
+	}
+	claims := map[types.UID]PreparedClaim{}
+	if err := json.Unmarshal(f.Claims, &claims); err != nil {
+		return nil, fmt.Errorf("checkpoint %s is damaged: %w", c.path, err)
+	}
+	return claims, nil
+}
+
+func (c *checkpoint) store(claims map[types.UID]PreparedClaim) error {
+	body, err := json.Marshal(claims)
+	if err != nil {
+		return fmt.Errorf("encode checkpoint: %w", err)
+	}
+	data, err := json.MarshalIndent(checkpointFile{Version: checkpointVersion, Checksum: checksum(body), Claims: body}, "", " ")
+	if err != nil {
+		return fmt.Errorf("encode checkpoint: %w", err)
+	}
+	dir := filepath.Dir(c.path)
+	tmp, err := os.CreateTemp(dir, ".checkpoint-*")
+	if err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync checkpoint: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), c.path); err != nil {
+		return fmt.Errorf("replace checkpoint: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync checkpoint directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync checkpoint directory: %w", err)
+	}
+	return nil
+}
+
+func checksum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}

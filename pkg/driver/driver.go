@@ -1,0 +1,502 @@
+// Package driver is the DRA kubelet plugin of the TSN driver: it publishes the node's TSN traffic
+// classes as devices in a ResourceSlice, prepares and unprepares claims on them, keeps the
+// prepared state in a write-through checkpoint, and reports device health to the kubelet.
+//
+// The per-pod and per-NIC work that follows preparation (eBPF saver on the pod, restorer and
+// schedule on the NIC) is not done here: it reads the prepared state through ClaimStore.
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	metav1apply "k8s.io/client-go/applyconfigurations/meta/v1"
+	resourceapply "k8s.io/client-go/applyconfigurations/resource/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"k8s.io/dynamic-resource-allocation/resourceslice"
+	"k8s.io/klog/v2"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/config"
+)
+
+// DefaultDriverName is the driver name used unless configured otherwise.
+const DefaultDriverName = "tsn.dra.io"
+
+// checkpointFile is the name of the checkpoint in the state directory.
+const checkpointFileName = "checkpoint.json"
+
+// Options configures a Driver. DriverName, NodeName, KubeClient, Discoverer, Config and
+// StateDir are required.
+type Options struct {
+	DriverName string
+	NodeName   string
+	KubeClient kubernetes.Interface
+	Discoverer Discoverer
+	Config     *config.NodeConfig
+	// StateDir holds the checkpoint; it must survive a restart of the driver (a hostPath).
+	StateDir string
+	// PluginDataDir and RegistrarDir are the kubelet's directories for the DRA socket and the
+	// registration socket; empty means the kubelet defaults. Both are created when missing.
+	PluginDataDir string
+	RegistrarDir  string
+	// HealthResend is how often an unchanged health report is sent again; it must be shorter
+	// than the kubelet's timeout (30 s). Default 10 s.
+	HealthResend time.Duration
+	// Metrics receives the driver's metrics; nil creates a private set.
+	Metrics *Metrics
+	// OnFatal is called with an error the driver cannot recover from (the daemon should shut
+	// down). Nil only logs.
+	OnFatal func(error)
+	// ExtraPluginOptions are passed to kubeletplugin.Start (tests use them for listeners).
+	ExtraPluginOptions []kubeletplugin.Option
+}
+
+// Driver is the kubelet plugin. It implements kubeletplugin.DRAPlugin.
+type Driver struct {
+	opts     Options
+	pool     string
+	state    *claimState
+	metrics  *Metrics
+	recorder record.EventRecorder
+	events   record.EventBroadcaster
+
+	mu      sync.Mutex
+	cfg     *config.NodeConfig
+	inv     *inventory
+	healthC chan struct{} // closed and replaced when health may have changed
+
+	helper *kubeletplugin.Helper
+}
+
+var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
+
+// New loads the checkpoint and looks at the node's NICs; it does not talk to the kubelet yet.
+func New(ctx context.Context, o Options) (*Driver, error) {
+	switch {
+	case o.DriverName == "":
+		return nil, errors.New("driver name is required")
+	case o.NodeName == "":
+		return nil, errors.New("node name is required")
+	case o.KubeClient == nil:
+		return nil, errors.New("a Kubernetes client is required")
+	case o.Discoverer == nil:
+		return nil, errors.New("a NIC discoverer is required")
+	case o.Config == nil:
+		return nil, errors.New("a node config is required")
+	case o.StateDir == "":
+		return nil, errors.New("a state directory is required")
+	}
+	if o.HealthResend <= 0 {
+		o.HealthResend = 10 * time.Second
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	st, err := newClaimState(&checkpoint{path: filepath.Join(o.StateDir, checkpointFileName)})
+	if err != nil {
+		return nil, err
+	}
+	d := &Driver{
+		opts:    o,
+		pool:    o.NodeName,
+		state:   st,
+		metrics: o.Metrics,
+		cfg:     o.Config,
+		healthC: make(chan struct{}),
+	}
+	d.inv = buildInventory(o.Config, o.Discoverer)
+	d.logInventory(klog.FromContext(ctx))
+	d.metrics.preparedClaims.Set(float64(st.count()))
+	klog.FromContext(ctx).Info("Loaded checkpoint", "preparedClaims", st.count())
+	return d, nil
+}
+
+// Store returns the read side of the prepared state.
+func (d *Driver) Store() ClaimStore { return d.state }
+
+// Start serves the kubelet (registration, DRA and health gRPC services) and publishes the
+// node's devices.
+func (d *Driver) Start(ctx context.Context) error {
+	o := d.opts
+	d.events = record.NewBroadcaster(record.WithContext(ctx))
+	d.events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: o.KubeClient.CoreV1().Events("")})
+	d.recorder = d.events.NewRecorder(scheme.Scheme, corev1.EventSource{Component: o.DriverName, Host: o.NodeName})
+
+	popts := []kubeletplugin.Option{
+		kubeletplugin.DriverName(o.DriverName),
+		kubeletplugin.NodeName(o.NodeName),
+		kubeletplugin.KubeClient(o.KubeClient),
+	}
+	for _, dir := range []struct {
+		path string
+		opt  func(string) kubeletplugin.Option
+	}{{o.PluginDataDir, kubeletplugin.PluginDataDirectoryPath}, {o.RegistrarDir, kubeletplugin.RegistrarDirectoryPath}} {
+		if dir.path == "" {
+			continue
+		}
+		// kubeletplugin.Start expects both directories to exist.
+		if err := os.MkdirAll(dir.path, 0o750); err != nil {
+			return fmt.Errorf("create %s: %w", dir.path, err)
+		}
+		popts = append(popts, dir.opt(dir.path))
+	}
+	popts = append(popts, o.ExtraPluginOptions...)
+	h, err := kubeletplugin.Start(ctx, d, popts...)
+	if err != nil {
+		return fmt.Errorf("start kubelet plugin: %w", err)
+	}
+	d.mu.Lock()
+	d.helper = h
+	d.mu.Unlock()
+	return d.publish(ctx)
+}
+
+// Registered reports whether the kubelet has registered the plugin.
+func (d *Driver) Registered() bool {
+	d.mu.Lock()
+	h := d.helper
+	d.mu.Unlock()
+	if h == nil {
+		return false
+	}
+	st := h.RegistrationStatus()
+	return st != nil && st.PluginRegistered
+}
+
+// Stop stops serving the kubelet (gRPC servers and the ResourceSlice controller) and the event
+// recorder. Prepared state stays in the checkpoint. Order: stop taking new kubelet calls first,
+// so no call sees a half-stopped driver, then flush events.
+func (d *Driver) Stop() {
+	d.mu.Lock()
+	h := d.helper
+	d.helper = nil
+	d.mu.Unlock()
+	if h != nil {
+		h.Stop()
+	}
+	if d.events != nil {
+		d.events.Shutdown()
+	}
+}
+
+// UpdateConfig takes a new (validated) node config: devices are rebuilt and republished. Claims
+// already prepared keep their state.
+func (d *Driver) UpdateConfig(ctx context.Context, cfg *config.NodeConfig) error {
+	d.mu.Lock()
+	d.cfg = cfg
+	d.mu.Unlock()
+	return d.Rescan(ctx)
+}
+
+// Rescan looks at the NICs again (after a link change) and republishes the devices.
+func (d *Driver) Rescan(ctx context.Context) error {
+	d.mu.Lock()
+	inv := buildInventory(d.cfg, d.opts.Discoverer)
+	d.inv = inv
+	close(d.healthC)
+	d.healthC = make(chan struct{})
+	d.mu.Unlock()
+	d.logInventory(klog.FromContext(ctx))
+	return d.publish(ctx)
+}
+
+func (d *Driver) logInventory(logger klog.Logger) {
+	d.mu.Lock()
+	inv := d.inv
+	d.mu.Unlock()
+	for _, n := range inv.nics {
+		if n.err != nil {
+			logger.Info("TSN NIC not usable, its classes are not published", "nic", n.cfg.Name, "err", n.err.Error())
+			continue
+		}
+		logger.V(2).Info("TSN NIC found", "nic", n.cfg.Name, "interface", n.info.Name, "up", n.info.Up,
+			"txQueues", n.info.TxQueues, "speedMbps", n.info.SpeedMbps, "driver", n.info.Driver,
+			"pciAddress", n.info.PCIAddress, "phc", n.info.PHCIndex, "rootQdisc", n.info.RootQdisc)
+	}
+}
+
+// resources renders the node's pool.
+func (d *Driver) resources() resourceslice.DriverResources {
+	d.mu.Lock()
+	inv := d.inv
+	d.mu.Unlock()
+	var devs []resourceapi.Device
+	for _, cd := range inv.sortedDevices() {
+		devs = append(devs, cd.resourceDevice())
+	}
+	// One pool per node; a slice holds at most ResourceSliceMaxDevices devices.
+	var slices []resourceslice.Slice
+	for len(devs) > 0 {
+		n := min(len(devs), resourceapi.ResourceSliceMaxDevices)
+		slices = append(slices, resourceslice.Slice{Devices: devs[:n]})
+		devs = devs[n:]
+	}
+	if len(slices) == 0 {
+		// An empty pool withdraws the devices of a NIC that went away.
+		slices = []resourceslice.Slice{{}}
+	}
+	return resourceslice.DriverResources{Pools: map[string]resourceslice.Pool{d.pool: {Slices: slices}}}
+}
+
+func (d *Driver) publish(ctx context.Context) error {
+	d.mu.Lock()
+	h := d.helper
+	d.mu.Unlock()
+	if h == nil {
+		return nil
+	}
+	res := d.resources()
+	n := 0
+	for _, s := range res.Pools[d.pool].Slices {
+		n += len(s.Devices)
+	}
+	d.metrics.publishedDevices.Set(float64(n))
+	if err := h.PublishResources(ctx, res); err != nil {
+		return fmt.Errorf("publish resources: %w", err)
+	}
+	klog.FromContext(ctx).V(2).Info("Published devices", "pool", d.pool, "devices", n)
+	return nil
+}
+
+// PrepareResourceClaims implements kubeletplugin.DRAPlugin.
+func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
+	for _, c := range claims {
+		start := time.Now()
+		devs, err := d.prepareClaim(ctx, c)
+		d.metrics.prepareDuration.Observe(time.Since(start).Seconds())
+		if err != nil {
+			d.metrics.prepareErrors.Inc()
+			err = fmt.Errorf("prepare claim %s/%s for %s: %w", c.Namespace, c.Name, d.opts.DriverName, err)
+			klog.FromContext(ctx).Error(err, "Prepare failed", "claim", klog.KObj(c))
+			d.event(c, corev1.EventTypeWarning, "PrepareFailed", err.Error())
+			out[c.UID] = kubeletplugin.PrepareResult{Err: err}
+			continue
+		}
+		out[c.UID] = kubeletplugin.PrepareResult{Devices: devs}
+	}
+	d.metrics.preparedClaims.Set(float64(d.state.count()))
+	return out, nil
+}
+
+func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceClaim) ([]kubeletplugin.Device, error) {
+	logger := klog.FromContext(ctx)
+	d.mu.Lock()
+	inv := d.inv
+	d.mu.Unlock()
+
+	old, had := d.state.get(claim.UID)
+	plan, err := planClaim(claim, d.opts.DriverName, d.pool, inv)
+	if err != nil {
+		if had && sameDevices(old, claim, d.opts.DriverName) {
+			// Prepared before (maybe before a restart or a config change): the devices are
+			// already in use, so keep what was prepared instead of failing a running pod.
+			logger.Info("Claim already prepared; keeping the prepared state although it cannot be planned again",
+				"claim", klog.KObj(claim), "reason", err.Error())
+			return kubeletDevices(old), nil
+		}
+		return nil, err
+	}
+	if !had || !equalPrepared(old, *plan) {
+		if err := d.state.put(*plan); err != nil {
+			return nil, fmt.Errorf("checkpoint: %w", err)
+		}
+		logger.Info("Prepared claim", "claim", klog.KObj(claim), "devices", deviceNames(plan.Devices), "pods", len(plan.Pods))
+	} else {
+		logger.V(2).Info("Claim already prepared", "claim", klog.KObj(claim))
+	}
+	d.updateClaimStatus(ctx, claim, plan)
+	return kubeletDevices(*plan), nil
+}
+
+// UnprepareResourceClaims implements kubeletplugin.DRAPlugin.
+func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+	out := make(map[types.UID]error, len(claims))
+	for _, c := range claims {
+		removed, err := d.state.remove(c.UID)
+		if err != nil {
+			err = fmt.Errorf("unprepare claim %s for %s: checkpoint: %w", c.String(), d.opts.DriverName, err)
+			d.event(&corev1.ObjectReference{Kind: "ResourceClaim", APIVersion: resourceapi.SchemeGroupVersion.String(),
+				Namespace: c.Namespace, Name: c.Name, UID: c.UID}, corev1.EventTypeWarning, "UnprepareFailed", err.Error())
+		} else if removed {
+			klog.FromContext(ctx).Info("Unprepared claim", "claim", c.String())
+		} else {
+			klog.FromContext(ctx).V(2).Info("Claim was not prepared", "claim", c.String())
+		}
+		out[c.UID] = err
+	}
+	d.metrics.preparedClaims.Set(float64(d.state.count()))
+	return out, nil
+}
+
+// HandleError implements kubeletplugin.DRAPlugin.
+func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
+	utilruntime.HandleErrorWithContext(ctx, err, msg)
+	if !errors.Is(err, kubeletplugin.ErrRecoverable) && d.opts.OnFatal != nil {
+		d.opts.OnFatal(fmt.Errorf("%s: %w", msg, err))
+	}
+}
+
+// WatchHealthStatus implements kubeletplugin.DRAPlugin: a device is unhealthy while its NIC is
+// down or missing (or no longer fits its schedule).
+func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
+	t := time.NewTicker(d.opts.HealthResend)
+	defer t.Stop()
+	for {
+		d.mu.Lock()
+		changed := d.healthC
+		d.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil
+		case reports <- d.healthReport():
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-t.C:
+		}
+	}
+}
+
+func (d *Driver) healthReport() kubeletplugin.DeviceHealthReport {
+	d.mu.Lock()
+	inv := d.inv
+	d.mu.Unlock()
+	now := time.Now()
+	var r kubeletplugin.DeviceHealthReport
+	for _, n := range inv.nics {
+		status, msg := kubeletplugin.HealthStatusHealthy, ""
+		switch {
+		case n.err != nil:
+			status, msg = kubeletplugin.HealthStatusUnhealthy, n.err.Error()
+		case !n.info.Up:
+			status, msg = kubeletplugin.HealthStatusUnhealthy, fmt.Sprintf("interface %s is down (%s)", n.info.Name, n.info.OperState)
+		}
+		for _, tc := range n.cfg.ClaimableClasses {
+			r.Devices = append(r.Devices, kubeletplugin.DeviceHealth{
+				PoolName: d.pool, DeviceName: deviceName(n.cfg.Name, tc),
+				Health: status, Message: msg, LastUpdated: now,
+				HealthCheckTimeout: 3 * d.opts.HealthResend,
+			})
+		}
+	}
+	return r
+}
+
+// updateClaimStatus writes a Ready condition and the pod interface name into the claim's device
+// status (server-side apply, field manager = driver name). A failure is reported, not fatal:
+// the devices are prepared and the pod can run.
+func (d *Driver) updateClaimStatus(ctx context.Context, claim *resourceapi.ResourceClaim, pc *PreparedClaim) {
+	podIface := ""
+	if len(pc.Pods) > 0 {
+		podIface = pc.Pods[0].PodInterface
+	}
+	now := metav1.Now()
+	var devs []*resourceapply.AllocatedDeviceStatusApplyConfiguration
+	for _, dev := range pc.Devices {
+		ds := resourceapply.AllocatedDeviceStatus().
+			WithDriver(d.opts.DriverName).WithPool(dev.Pool).WithDevice(dev.Device).
+			WithConditions(metav1apply.Condition().
+				WithType("Ready").WithStatus(metav1.ConditionTrue).WithReason("Prepared").
+				WithMessage(fmt.Sprintf("traffic class %d of %s (%s) prepared", dev.TrafficClass, dev.NIC, dev.Interface)).
+				WithObservedGeneration(claim.Generation).
+				WithLastTransitionTime(now)).
+			WithNetworkData(resourceapply.NetworkDeviceData().WithInterfaceName(podIface))
+		if dev.ShareID != nil {
+			ds = ds.WithShareID(string(*dev.ShareID))
+		}
+		devs = append(devs, ds)
+	}
+	ac := resourceapply.ResourceClaim(claim.Name, claim.Namespace).
+		WithStatus(resourceapply.ResourceClaimStatus().WithDevices(devs...))
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := d.opts.KubeClient.ResourceV1().ResourceClaims(claim.Namespace).ApplyStatus(sctx, ac,
+		metav1.ApplyOptions{FieldManager: d.opts.DriverName, Force: true})
+	if err != nil {
+		d.metrics.statusErrors.Inc()
+		klog.FromContext(ctx).Error(err, "Could not update the claim's device status", "claim", klog.KObj(claim))
+		d.event(claim, corev1.EventTypeWarning, "StatusUpdateFailed", fmt.Sprintf("device status not written: %v", err))
+	}
+}
+
+func (d *Driver) event(obj interface{}, eventType, reason, msg string) {
+	if d.recorder == nil {
+		return
+	}
+	switch o := obj.(type) {
+	case *resourceapi.ResourceClaim:
+		ref := &corev1.ObjectReference{Kind: "ResourceClaim", APIVersion: resourceapi.SchemeGroupVersion.String(),
+			Namespace: o.Namespace, Name: o.Name, UID: o.UID}
+		d.recorder.Event(ref, eventType, reason, msg)
+	case *corev1.ObjectReference:
+		d.recorder.Event(o, eventType, reason, msg)
+	}
+}
+
+func kubeletDevices(pc PreparedClaim) []kubeletplugin.Device {
+	out := make([]kubeletplugin.Device, 0, len(pc.Devices))
+	for _, d := range pc.Devices {
+		out = append(out, kubeletplugin.Device{
+			Requests: []string{d.Request}, PoolName: d.Pool, DeviceName: d.Device, ShareID: d.ShareID,
+		})
+	}
+	return out
+}
+
+func deviceNames(devs []PreparedDevice) []string {
+	out := make([]string, len(devs))
+	for i, d := range devs {
+		out[i] = d.Device
+	}
+	sort.Strings(out)
+	return out
+}
+
+// sameDevices reports whether the claim's allocation (for this driver) is what was prepared.
+func sameDevices(pc PreparedClaim, claim *resourceapi.ResourceClaim, driverName string) bool {
+	if claim.Status.Allocation == nil {
+		return false
+	}
+	var want []string
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		if r.Driver == driverName {
+			want = append(want, r.Pool+"/"+r.Device+"/"+r.Request)
+		}
+	}
+	var have []string
+	for _, d := range pc.Devices {
+		have = append(have, d.Pool+"/"+d.Device+"/"+d.Request)
+	}
+	sort.Strings(want)
+	sort.Strings(have)
+	if len(want) != len(have) {
+		return false
+	}
+	for i := range want {
+		if want[i] != have[i] {
+			return false
+		}
+	}
+	return true
+}
