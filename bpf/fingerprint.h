@@ -61,9 +61,71 @@ static __always_inline int tsn_load_payload(struct __sk_buff *skb, __u32 off, st
  * success *payload_off is where the L4 payload starts. Returns 0 on success,
  * -1 for packets that cannot be fingerprinted (not IP, fragments, truncated).
  */
+/*
+ * Fast path: an untagged IPv4 (no options) or IPv6 UDP packet whose headers and
+ * first payload bytes are in the linear data, read with direct packet access
+ * (no helper calls). Returns 1 if it filled k, 0 to take the general path.
+ */
+static __always_inline int tsn_fingerprint_fast(struct __sk_buff *skb, struct tsn_key *k, int decap,
+						__u16 vxlan_port_a, __u16 vxlan_port_b, __u32 *payload_off)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = (void *)(eth + 1);
+		struct udphdr *uh = (void *)(iph + 1);
+		__u8 *pl = (void *)(uh + 1);
+		if ((void *)(pl + TSN_PAYLOAD) > end)
+			return 0;
+		if (iph->ihl != 5 || iph->protocol != IPPROTO_UDP || (iph->frag_off & bpf_htons(0x3fff)))
+			return 0;
+		if (decap && ((vxlan_port_a && uh->dest == bpf_htons(vxlan_port_a)) ||
+			      (vxlan_port_b && uh->dest == bpf_htons(vxlan_port_b))))
+			return 0;
+		k->id = iph->id;
+		k->l3len = iph->tot_len;
+		k->family = 4;
+		k->proto = IPPROTO_UDP;
+		k->l4a = uh->len;
+		k->l4b = 0;
+		__builtin_memcpy(k->data, pl, TSN_PAYLOAD);
+		*payload_off = sizeof(*eth) + sizeof(*iph) + sizeof(*uh);
+		return 1;
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		struct udphdr *uh = (void *)(ip6 + 1);
+		__u8 *pl = (void *)(uh + 1);
+		if ((void *)(pl + TSN_PAYLOAD) > end)
+			return 0;
+		if (ip6->nexthdr != IPPROTO_UDP)
+			return 0;
+		if (decap && ((vxlan_port_a && uh->dest == bpf_htons(vxlan_port_a)) ||
+			      (vxlan_port_b && uh->dest == bpf_htons(vxlan_port_b))))
+			return 0;
+		k->id = bpf_ntohl(*(__u32 *)ip6) & 0x000fffff;
+		k->l3len = ip6->payload_len;
+		k->family = 6;
+		k->proto = IPPROTO_UDP;
+		k->l4a = uh->len;
+		k->l4b = 0;
+		__builtin_memcpy(k->data, pl, TSN_PAYLOAD);
+		*payload_off = sizeof(*eth) + sizeof(*ip6) + sizeof(*uh);
+		return 1;
+	}
+	return 0;
+}
+
 static __always_inline int tsn_fingerprint(struct __sk_buff *skb, struct tsn_key *k, int decap,
 					   __u16 vxlan_port_a, __u16 vxlan_port_b, __u32 *payload_off)
 {
+	if (tsn_fingerprint_fast(skb, k, decap, vxlan_port_a, vxlan_port_b, payload_off))
+		return 0;
+
 	__u32 off = 0;
 	__u16 proto;
 	struct ethhdr eth;

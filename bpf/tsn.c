@@ -24,28 +24,47 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define TSN_F_PRIO 1
 #define TSN_F_TSTAMP 2
-#define TSN_F_AMBIGUOUS 4
 
 #define TSN_ACTION_DEMOTE 0
 #define TSN_ACTION_DROP 1
 
-/* Set by the loader before load. */
-/* The kernel reports TAI/MONO/REALTIME in __sk_buff->tstamp_type (>= 6.11). */
-volatile const __u8 have_clock_types = 0;
-/* The slot (per-pod policy, quota and counters) this saver instance serves. */
-volatile const __u32 saver_slot = 0;
+/* Entry states, in the low two bits of tsn_entry.state, a poison bit, and
+ * a sequence number bumped on every claim and poisoning, so a compare-and-swap on the state
+ * word fails if the entry changed hands (or metadata) since it was read. */
+#define ST_FREE 0
+#define ST_WRITING 1
+#define ST_READY 2
+#define ST_MASK 3
+#define ST_AMBIGUOUS 4 /* poisoned: same bytes seen with other metadata */
+#define SEQ_ONE 8
+#define SEQ_MASK (~7u)
 
-struct tsn_val {
+/* Entries per bucket: a bucket is 4 consecutive cache lines. */
+#define WAYS 4
+
+/* Set by the loader before load; constant for the verifier and the JIT. */
+volatile const __u8 have_clock_types = 0; /* __sk_buff->tstamp_type says TAI/MONO (>= 6.11) */
+volatile const __u32 saver_slot = 0;      /* the pod slot this saver instance serves */
+volatile const __u32 ttl_units = 954;     /* entry lifetime in units of 2^20 ns (~1.05 ms) */
+volatile const __u64 gc_interval_ns = 250000000;
+volatile const __u16 vxlan_port_a = 4789;
+volatile const __u16 vxlan_port_b = 8472;
+volatile const __u8 nic_clock = TSN_CLK_TAI; /* the clock the NIC's qdiscs read launch times in */
+volatile const __u32 table_mask = 32767;  /* table entries - 1 (a power of two) */
+
+/* One saved packet: exactly one cache line. */
+struct tsn_entry {
+	__u32 state;
+	struct tsn_key key;
 	__u64 tstamp;   /* launch time; 0 if none saved */
-	__u64 saved_ns; /* bpf_ktime_get_ns() at save, for expiry */
-	__u32 slot;
-	__u32 gen;      /* the slot's generation when saved: a later pod in the slot never sees it */
-	__u32 refs;     /* packets in flight that share this fingerprint and metadata */
-	__u32 prio;     /* granted priority */
+	__u32 saved;    /* coarse clock >> 20 at save, for expiry */
+	__u16 slot;
+	__u16 gen;      /* the slot's generation when saved: a later pod in the slot never sees it */
+	__u8 prio;      /* granted priority */
 	__u8 app_prio;  /* counter bucket: the priority the application asked for */
-	__u8 flags;
 	__u8 clock;     /* TSN_CLK_* of tstamp */
-	__u8 pad;
+	__u8 flags;
+	__u32 refs;     /* packets in flight with these bytes and this metadata */
 };
 
 struct tsn_policy {
@@ -54,42 +73,39 @@ struct tsn_policy {
 	__u8 demote_prio;
 	__u8 unspec_clock; /* clock of launch times when the kernel does not say (< 6.11) */
 	__u8 active;
-	__u32 quota;    /* at most this many map entries for the slot */
+	__u32 quota;    /* at most this many entries for the slot */
+};
+
+/* Written by the loader only when a pod takes or leaves the slot. */
+struct tsn_slot {
 	__u32 gen;
+	__u32 inflight; /* entries the slot holds now */
 };
 
 struct tsn_counters {
 	__u64 saved;
 	__u64 restored;
-	__u64 missed;    /* metadata not saved: quota reached, map full, no fingerprint */
+	__u64 missed;    /* metadata not saved: quota reached, table collision, no fingerprint */
 	__u64 demoted;
 	__u64 dropped;
-	__u64 rejected;  /* fingerprint ambiguous: two in-flight packets, different metadata */
+	__u64 rejected;  /* fingerprint ambiguous: two in-flight packets, same bytes, different metadata */
 	__u64 expired;   /* saved, never reached the NIC before the TTL */
-};
-
-struct tsn_cfg {
-	__u64 ttl_ns;
-	__u64 gc_interval_ns;
-	__u16 vxlan_port_a;
-	__u16 vxlan_port_b;
-	__u8 nic_clock; /* the clock the NIC's qdiscs read launch times in */
-	__u8 pad[3];
 };
 
 struct tsn_gc {
 	struct bpf_timer timer;
 	__u64 runs;
 	__u64 last_run_ns;
+	__u64 expired;
 };
 
 /* Sizes are placeholders: the loader sets max_entries from its options. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct tsn_key);
-	__type(value, struct tsn_val);
-} tsn_meta SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct tsn_entry);
+} tsn_table SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -102,8 +118,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 64);
 	__type(key, __u32);
-	__type(value, __u32);
-} tsn_inflight SEC(".maps");
+	__type(value, struct tsn_slot);
+} tsn_slots SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -116,16 +132,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct tsn_cfg);
-} tsn_config SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
 	__type(value, struct tsn_gc);
 } tsn_gc_timer SEC(".maps");
-
 
 static __always_inline struct tsn_counters *counters(__u32 slot, __u32 bucket)
 {
@@ -133,30 +141,57 @@ static __always_inline struct tsn_counters *counters(__u32 slot, __u32 bucket)
 	return bpf_map_lookup_elem(&tsn_stats, &idx);
 }
 
-static __always_inline void inflight_dec(__u32 slot)
+static __always_inline __u32 now_units(void)
 {
-	__u32 *n = bpf_map_lookup_elem(&tsn_inflight, &slot);
-	if (n && *n > 0)
-		__sync_fetch_and_add(n, -1);
+	return (__u32)(bpf_ktime_get_coarse_ns() >> 20);
 }
 
-/* Forget an entry. Only the CPU whose delete succeeds gives back the quota, so
- * concurrent restorers and the GC never count one entry twice. */
-static __always_inline int forget(struct tsn_key *k, struct tsn_val *v, int expired)
+static __always_inline int expired(struct tsn_entry *e, __u32 now)
 {
-	__u32 slot = v->slot, gen = v->gen, bucket = v->app_prio;
-	if (bpf_map_delete_elem(&tsn_meta, k) != 0)
-		return 0;
-	struct tsn_policy *pol = bpf_map_lookup_elem(&tsn_policies, &slot);
-	if (!pol || pol->gen != gen)
-		return 1; /* the slot was released and its quota reset */
-	inflight_dec(slot);
-	if (expired) {
-		struct tsn_counters *c = counters(slot, bucket);
+	return (__u32)(now - e->saved) > ttl_units;
+}
+
+_Static_assert(sizeof(struct tsn_key) == 32, "tsn_key is 8 words");
+_Static_assert(sizeof(struct tsn_entry) == 64, "tsn_entry is one cache line");
+
+static __always_inline __u32 key_hash(const struct tsn_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+	__u32 h = 0x811c9dc5;
+	/* FNV-1a over the 8 words of the key, then a final mix. */
+	h = (h ^ w[0]) * 0x01000193;
+	h = (h ^ w[1]) * 0x01000193;
+	h = (h ^ w[2]) * 0x01000193;
+	h = (h ^ w[3]) * 0x01000193;
+	h = (h ^ w[4]) * 0x01000193;
+	h = (h ^ w[5]) * 0x01000193;
+	h = (h ^ w[6]) * 0x01000193;
+	h = (h ^ w[7]) * 0x01000193;
+	return h ^ (h >> 16);
+}
+
+static __always_inline int key_eq(const struct tsn_key *a, const struct tsn_key *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4]) |
+		(x[5] ^ y[5]) | (x[6] ^ y[6]) | (x[7] ^ y[7])) == 0;
+}
+
+/* The entry's slot generation still current: gives its quota back, counts the
+ * expiry. Called by whoever freed the entry (only one can). */
+static __always_inline void account_free(__u16 slot, __u16 gen, __u8 bucket, int is_expiry)
+{
+	__u32 s = slot;
+	struct tsn_slot *st = bpf_map_lookup_elem(&tsn_slots, &s);
+	if (!st || (__u16)st->gen != gen)
+		return; /* the slot was released (and its quota reset) since */
+	if (st->inflight > 0)
+		__sync_fetch_and_add(&st->inflight, -1);
+	if (is_expiry) {
+		struct tsn_counters *c = counters(s, bucket);
 		if (c)
 			c->expired++;
 	}
-	return 1;
 }
 
 static __always_inline __u8 launch_clock(struct __sk_buff *skb, struct tsn_policy *pol)
@@ -180,10 +215,9 @@ int tsn_saver(struct __sk_buff *skb)
 	if (!prio && !ts)
 		return TSN_PASS;
 
-	__u32 slot = saver_slot, zero = 0;
+	__u32 slot = saver_slot;
 	struct tsn_policy *pol = bpf_map_lookup_elem(&tsn_policies, &slot);
-	struct tsn_cfg *cfg = bpf_map_lookup_elem(&tsn_config, &zero);
-	if (!pol || !cfg || !pol->active)
+	if (!pol || !pol->active)
 		return TSN_PASS;
 
 	/* A launch time is kept only in the clock the NIC schedules by: TCP's
@@ -191,7 +225,7 @@ int tsn_saver(struct __sk_buff *skb)
 	__u8 clock = TSN_CLK_NONE;
 	if (ts) {
 		clock = launch_clock(skb, pol);
-		if (clock != cfg->nic_clock) {
+		if (clock != nic_clock) {
 			ts = 0;
 			clock = TSN_CLK_NONE;
 		}
@@ -222,171 +256,231 @@ int tsn_saver(struct __sk_buff *skb)
 		c->missed++;
 		return TSN_PASS;
 	}
+	struct tsn_slot *st = bpf_map_lookup_elem(&tsn_slots, &slot);
+	if (!st) {
+		c->missed++;
+		return TSN_PASS;
+	}
 
-	__u64 now = bpf_ktime_get_ns();
+	__u32 now = now_units();
 	__u8 flags = (granted ? TSN_F_PRIO : 0) | (ts ? TSN_F_TSTAMP : 0);
-	struct tsn_val *old = bpf_map_lookup_elem(&tsn_meta, &k);
-	if (old) {
-		if (now - old->saved_ns > cfg->ttl_ns) {
-			forget(&k, old, 1);
-		} else if (old->slot == slot && old->gen == pol->gen && old->prio == granted &&
-			   old->tstamp == ts && old->flags == flags) {
-			/* Same bytes, same metadata: one entry serves both packets. */
-			__sync_fetch_and_add(&old->refs, 1);
-			c->saved++;
+	__u32 idx = key_hash(&k) & table_mask & ~(WAYS - 1);
+	__u16 gen = st->gen;
+	int way;
+
+	/* One pass over the bucket: find the same bytes already in flight, and
+	 * the first free (or expired) way. */
+	int cand = -1;
+	__u32 cand_s = 0;
+	for (way = 0; way < WAYS; way++) {
+		__u32 i = idx + way;
+		struct tsn_entry *e = bpf_map_lookup_elem(&tsn_table, &i);
+		if (!e)
 			return TSN_PASS;
-		} else {
-			/* Same bytes, different metadata: neither can be told apart at the
-			 * NIC. Poison the entry so neither is restored; a miss, not a wrong. */
-			old->flags |= TSN_F_AMBIGUOUS;
-			__sync_fetch_and_add(&old->refs, 1);
+		__u32 s = e->state;
+		if ((s & ST_MASK) == ST_WRITING)
+			continue;
+		if ((s & ST_MASK) == ST_READY && !expired(e, now)) {
+			if (!key_eq(&e->key, &k))
+				continue;
+			if (e->slot == slot && e->gen == gen && e->prio == granted && e->tstamp == ts &&
+			    e->flags == flags) {
+				/* Same metadata: one entry serves both packets. */
+				__sync_fetch_and_add(&e->refs, 1);
+				c->saved++;
+				return TSN_PASS;
+			}
+			/* Same bytes, other metadata: the NIC cannot tell the packets
+			 * apart. Poison the entry (and bump its sequence, so a restorer
+			 * that read it before fails its claim): a miss, never a wrong restore. */
+			__sync_fetch_and_or(&e->state, ST_AMBIGUOUS);
+			__sync_fetch_and_add(&e->state, SEQ_ONE);
 			c->missed++;
 			return TSN_PASS;
 		}
+		if (cand < 0) {
+			cand = way;
+			cand_s = s;
+		}
 	}
-
-	__u32 *n = bpf_map_lookup_elem(&tsn_inflight, &slot);
-	if (!n) {
+	if (cand < 0) {
+		/* Every way held by other live packets. */
 		c->missed++;
 		return TSN_PASS;
 	}
-	if (__sync_fetch_and_add(n, 1) >= pol->quota) {
-		__sync_fetch_and_add(n, -1);
+	if (__sync_fetch_and_add(&st->inflight, 1) >= pol->quota) {
+		__sync_fetch_and_add(&st->inflight, -1);
 		c->missed++;
 		return TSN_PASS;
 	}
-
-	struct tsn_val v = {
-		.tstamp = ts,
-		.saved_ns = now,
-		.slot = slot,
-		.gen = pol->gen,
-		.refs = 1,
-		.prio = granted,
-		.app_prio = bucket,
-		.flags = flags,
-		.clock = clock,
-	};
-	if (bpf_map_update_elem(&tsn_meta, &k, &v, BPF_NOEXIST) != 0) {
-		/* Raced with another CPU on the same bytes, or the map is full. */
-		__sync_fetch_and_add(n, -1);
+	__u32 ci = idx + (cand & (WAYS - 1));
+	struct tsn_entry *e = bpf_map_lookup_elem(&tsn_table, &ci);
+	__u32 mine = ((cand_s & SEQ_MASK) + SEQ_ONE) | ST_WRITING;
+	if (!e || __sync_val_compare_and_swap(&e->state, cand_s, mine) != cand_s) {
+		/* Another CPU took the way first. */
+		__sync_fetch_and_add(&st->inflight, -1);
 		c->missed++;
 		return TSN_PASS;
 	}
+	if ((cand_s & ST_MASK) == ST_READY)
+		account_free(e->slot, e->gen, e->app_prio, 1); /* reclaimed an expired entry */
+	e->key = k;
+	e->tstamp = ts;
+	e->saved = now;
+	e->slot = slot;
+	e->gen = gen;
+	e->prio = granted;
+	e->app_prio = bucket;
+	e->clock = clock;
+	e->flags = flags;
+	e->refs = 1;
+	/* Publish: the fields above are visible before the state says READY. */
+	__sync_lock_test_and_set(&e->state, (mine & SEQ_MASK) | ST_READY);
 	c->saved++;
 	return TSN_PASS;
 }
 
-static __always_inline void restore_tstamp(struct __sk_buff *skb, struct tsn_val *v)
+static __always_inline void restore_tstamp(struct __sk_buff *skb, __u64 tstamp, __u8 clock)
 {
-	if (skb->tstamp == v->tstamp)
-		return; /* survived the path (>= 6.x keeps mono/TAI stamps) */
+	if (skb->tstamp == tstamp)
+		return; /* survived the path (6.18 keeps mono/TAI stamps) */
 	if (have_clock_types) {
-		if (bpf_skb_set_tstamp(skb, v->tstamp, v->clock) == 0)
+		if (bpf_skb_set_tstamp(skb, tstamp, clock) == 0)
 			return;
 		/* Not an IP skb->protocol: a plain write keeps the type bits, so use it
 		 * only when they already say the right clock. */
-		if (skb->tstamp_type == v->clock)
-			skb->tstamp = v->tstamp;
+		if (skb->tstamp_type == clock)
+			skb->tstamp = tstamp;
 		return;
 	}
-	if (v->clock == TSN_CLK_MONO) {
-		bpf_skb_set_tstamp(skb, v->tstamp, BPF_SKB_TSTAMP_DELIVERY_MONO_);
+	if (clock == TSN_CLK_MONO) {
+		bpf_skb_set_tstamp(skb, tstamp, BPF_SKB_TSTAMP_DELIVERY_MONO_);
 		return;
 	}
 	if (skb->tstamp_type != BPF_SKB_TSTAMP_DELIVERY_MONO_)
-		skb->tstamp = v->tstamp;
+		skb->tstamp = tstamp;
 }
 
 SEC("tc")
 int tsn_restorer(struct __sk_buff *skb)
 {
-	__u32 zero = 0;
-	struct tsn_cfg *cfg = bpf_map_lookup_elem(&tsn_config, &zero);
-	if (!cfg)
-		return TSN_PASS;
-
 	struct tsn_key k;
 	__u32 poff;
-	if (tsn_fingerprint(skb, &k, 1, cfg->vxlan_port_a, cfg->vxlan_port_b, &poff) < 0)
-		return TSN_PASS;
-	struct tsn_val *v = bpf_map_lookup_elem(&tsn_meta, &k);
-	if (!v)
+	if (tsn_fingerprint(skb, &k, 1, vxlan_port_a, vxlan_port_b, &poff) < 0)
 		return TSN_PASS;
 
-	__u32 slot = v->slot;
-	struct tsn_policy *pol = bpf_map_lookup_elem(&tsn_policies, &slot);
-	if (!pol || pol->gen != v->gen) {
-		/* Left over from a pod that is gone. */
-		bpf_map_delete_elem(&tsn_meta, &k);
-		return TSN_PASS;
-	}
-	struct tsn_counters *c = counters(slot, v->app_prio);
-	if (!c)
-		return TSN_PASS;
+	__u32 idx = key_hash(&k) & table_mask & ~(WAYS - 1);
+	int way;
+	for (way = 0; way < WAYS; way++) {
+		__u32 i = idx + way;
+		struct tsn_entry *e = bpf_map_lookup_elem(&tsn_table, &i);
+		if (!e)
+			return TSN_PASS;
+		__u32 s = e->state;
+		if ((s & ST_MASK) != ST_READY || !key_eq(&e->key, &k))
+			continue;
 
-	if (bpf_ktime_get_ns() - v->saved_ns > cfg->ttl_ns) {
-		forget(&k, v, 1);
-		return TSN_PASS;
-	}
-	if (v->flags & TSN_F_AMBIGUOUS) {
-		c->rejected++;
-	} else {
-		if (v->flags & TSN_F_PRIO)
-			skb->priority = v->prio;
-		if (v->flags & TSN_F_TSTAMP)
-			restore_tstamp(skb, v);
+		/* Read everything, then claim: a claim that succeeds proves the
+		 * entry did not change hands or get poisoned since. */
+		__u64 tstamp = e->tstamp;
+		__u16 slot = e->slot, gen = e->gen;
+		__u8 prio = e->prio, bucket = e->app_prio, clock = e->clock, flags = e->flags;
+		__u32 is_expired = expired(e, now_units());
+		__u32 freed = ((s & SEQ_MASK) + SEQ_ONE) | ST_FREE;
+
+		__u32 sl = slot;
+		struct tsn_slot *st = bpf_map_lookup_elem(&tsn_slots, &sl);
+		if (!st || (__u16)st->gen != gen) {
+			/* Left over from a pod that is gone. */
+			__sync_val_compare_and_swap(&e->state, s, freed);
+			return TSN_PASS;
+		}
+		if (is_expired) {
+			if (__sync_val_compare_and_swap(&e->state, s, freed) == s)
+				account_free(slot, gen, bucket, 1);
+			return TSN_PASS;
+		}
+		struct tsn_counters *c = counters(slot, bucket);
+		if (!c)
+			return TSN_PASS;
+		if (__sync_fetch_and_add(&e->refs, -1) <= 1) {
+			if (__sync_val_compare_and_swap(&e->state, s, freed) != s) {
+				c->rejected++;
+				return TSN_PASS;
+			}
+			account_free(slot, gen, bucket, 0);
+		} else if (e->state != s) {
+			c->rejected++;
+			return TSN_PASS;
+		}
+		if (s & ST_AMBIGUOUS) {
+			c->rejected++;
+			return TSN_PASS;
+		}
+		if (flags & TSN_F_PRIO)
+			skb->priority = prio;
+		if (flags & TSN_F_TSTAMP)
+			restore_tstamp(skb, tstamp, clock);
 		c->restored++;
+		return TSN_PASS;
 	}
-	if (__sync_fetch_and_add(&v->refs, -1) <= 1)
-		forget(&k, v, 0);
 	return TSN_PASS;
 }
 
 /* Expiry: entries whose packet never reached the NIC (local destinations,
- * drops on the way) are removed once older than the TTL. */
+ * drops on the way) and entries of released slots are freed. */
 struct gc_ctx {
-	__u64 now;
-	__u64 ttl;
+	__u32 now;
+	__u32 freed;
 };
 
-static long gc_elem(void *map, struct tsn_key *k, struct tsn_val *v, struct gc_ctx *ctx)
+static long gc_elem(void *map, __u32 *key, struct tsn_entry *e, struct gc_ctx *ctx)
 {
-	if (ctx->now - v->saved_ns > ctx->ttl)
-		forget(k, v, 1);
+	__u32 s = e->state;
+	if ((s & ST_MASK) != ST_READY)
+		return 0;
+	__u32 sl = e->slot;
+	struct tsn_slot *st = bpf_map_lookup_elem(&tsn_slots, &sl);
+	int stale = !st || (__u16)st->gen != e->gen;
+	if (!stale && !expired(e, ctx->now))
+		return 0;
+	__u16 slot = e->slot, gen = e->gen;
+	__u8 bucket = e->app_prio;
+	if (__sync_val_compare_and_swap(&e->state, s, ((s & SEQ_MASK) + SEQ_ONE) | ST_FREE) == s) {
+		ctx->freed++;
+		if (!stale)
+			account_free(slot, gen, bucket, 1);
+	}
 	return 0;
 }
 
 static int gc_fire(void *map, __u32 *key, struct tsn_gc *gc)
 {
-	__u32 zero = 0;
-	struct tsn_cfg *cfg = bpf_map_lookup_elem(&tsn_config, &zero);
-	if (!cfg)
-		return 0;
-	struct gc_ctx ctx = { .now = bpf_ktime_get_ns(), .ttl = cfg->ttl_ns };
-	bpf_for_each_map_elem(&tsn_meta, gc_elem, &ctx, 0);
+	struct gc_ctx ctx = { .now = now_units() };
+	bpf_for_each_map_elem(&tsn_table, gc_elem, &ctx, 0);
 	gc->runs++;
-	gc->last_run_ns = ctx.now;
-	bpf_timer_start(&gc->timer, cfg->gc_interval_ns, 0);
+	gc->expired += ctx.freed;
+	gc->last_run_ns = bpf_ktime_get_ns();
+	bpf_timer_start(&gc->timer, gc_interval_ns, 0);
 	return 0;
 }
 
-/* Run once by the loader (BPF_PROG_TEST_RUN) to start the GC timer. The timer
- * lives in a pinned map and keeps firing after the loader exits. */
+/* Run once by the loader (BPF_PROG_TEST_RUN) to start the GC timer, or to
+ * switch it to this loader's program. The timer lives in a pinned map and
+ * keeps firing after the loader exits. */
 SEC("tc")
 int tsn_gc_arm(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
-	struct tsn_cfg *cfg = bpf_map_lookup_elem(&tsn_config, &zero);
 	struct tsn_gc *gc = bpf_map_lookup_elem(&tsn_gc_timer, &zero);
-	if (!cfg || !gc)
+	if (!gc)
 		return 1;
 	long err = bpf_timer_init(&gc->timer, &tsn_gc_timer, 1 /* CLOCK_MONOTONIC */);
 	if (err && err != -16 /* EBUSY: already armed by an earlier loader */)
 		return 2;
 	if (bpf_timer_set_callback(&gc->timer, gc_fire))
 		return 3;
-	if (bpf_timer_start(&gc->timer, cfg->gc_interval_ns, 0))
+	if (bpf_timer_start(&gc->timer, gc_interval_ns, 0))
 		return 4;
 	return 0;
 }

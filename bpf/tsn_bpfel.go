@@ -13,16 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type TsnTsnCfg struct {
-	_            structs.HostLayout
-	TtlNs        uint64
-	GcIntervalNs uint64
-	VxlanPortA   uint16
-	VxlanPortB   uint16
-	NicClock     uint8
-	Pad          [3]uint8
-}
-
 type TsnTsnCounters struct {
 	_        structs.HostLayout
 	Saved    uint64
@@ -34,6 +24,22 @@ type TsnTsnCounters struct {
 	Expired  uint64
 }
 
+type TsnTsnEntry struct {
+	_       structs.HostLayout
+	State   uint32
+	Key     TsnTsnKey
+	_       [4]byte
+	Tstamp  uint64
+	Saved   uint32
+	Slot    uint16
+	Gen     uint16
+	Prio    uint8
+	AppPrio uint8
+	Clock   uint8
+	Flags   uint8
+	Refs    uint32
+}
+
 type TsnTsnGc struct {
 	_     structs.HostLayout
 	Timer struct {
@@ -42,6 +48,7 @@ type TsnTsnGc struct {
 	}
 	Runs      uint64
 	LastRunNs uint64
+	Expired   uint64
 }
 
 type TsnTsnKey struct {
@@ -63,40 +70,35 @@ type TsnTsnPolicy struct {
 	UnspecClock uint8
 	Active      uint8
 	Quota       uint32
-	Gen         uint32
 }
 
-type TsnTsnVal struct {
-	_       structs.HostLayout
-	Tstamp  uint64
-	SavedNs uint64
-	Slot    uint32
-	Gen     uint32
-	Refs    uint32
-	Prio    uint32
-	AppPrio uint8
-	Flags   uint8
-	Clock   uint8
-	Pad     uint8
-	_       [4]byte
+type TsnTsnSlot struct {
+	_        structs.HostLayout
+	Gen      uint32
+	Inflight uint32
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	TsnMapTsnConfig         = "tsn_config"
 	TsnMapTsnGcTimer        = "tsn_gc_timer"
-	TsnMapTsnInflight       = "tsn_inflight"
-	TsnMapTsnMeta           = "tsn_meta"
 	TsnMapTsnPolicies       = "tsn_policies"
+	TsnMapTsnSlots          = "tsn_slots"
 	TsnMapTsnStats          = "tsn_stats"
+	TsnMapTsnTable          = "tsn_table"
 	TsnProgTsnGcArm         = "tsn_gc_arm"
 	TsnProgTsnProbeClockTai = "tsn_probe_clock_tai"
 	TsnProgTsnRestorer      = "tsn_restorer"
 	TsnProgTsnSaver         = "tsn_saver"
+	TsnVarGcIntervalNs      = "gc_interval_ns"
 	TsnVarHaveClockTypes    = "have_clock_types"
+	TsnVarNicClock          = "nic_clock"
 	TsnVarSaverSlot         = "saver_slot"
+	TsnVarTableMask         = "table_mask"
+	TsnVarTtlUnits          = "ttl_units"
+	TsnVarVxlanPortA        = "vxlan_port_a"
+	TsnVarVxlanPortB        = "vxlan_port_b"
 )
 
 // LoadTsn returns the embedded CollectionSpec for Tsn.
@@ -151,20 +153,25 @@ type TsnProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TsnMapSpecs struct {
-	TsnConfig   *ebpf.MapSpec `ebpf:"tsn_config"`
 	TsnGcTimer  *ebpf.MapSpec `ebpf:"tsn_gc_timer"`
-	TsnInflight *ebpf.MapSpec `ebpf:"tsn_inflight"`
-	TsnMeta     *ebpf.MapSpec `ebpf:"tsn_meta"`
 	TsnPolicies *ebpf.MapSpec `ebpf:"tsn_policies"`
+	TsnSlots    *ebpf.MapSpec `ebpf:"tsn_slots"`
 	TsnStats    *ebpf.MapSpec `ebpf:"tsn_stats"`
+	TsnTable    *ebpf.MapSpec `ebpf:"tsn_table"`
 }
 
 // TsnVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TsnVariableSpecs struct {
+	GcIntervalNs   *ebpf.VariableSpec `ebpf:"gc_interval_ns"`
 	HaveClockTypes *ebpf.VariableSpec `ebpf:"have_clock_types"`
+	NicClock       *ebpf.VariableSpec `ebpf:"nic_clock"`
 	SaverSlot      *ebpf.VariableSpec `ebpf:"saver_slot"`
+	TableMask      *ebpf.VariableSpec `ebpf:"table_mask"`
+	TtlUnits       *ebpf.VariableSpec `ebpf:"ttl_units"`
+	VxlanPortA     *ebpf.VariableSpec `ebpf:"vxlan_port_a"`
+	VxlanPortB     *ebpf.VariableSpec `ebpf:"vxlan_port_b"`
 }
 
 // TsnObjects contains all objects after they have been loaded into the kernel.
@@ -187,22 +194,20 @@ func (o *TsnObjects) Close() error {
 //
 // It can be passed to LoadTsnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TsnMaps struct {
-	TsnConfig   *ebpf.Map `ebpf:"tsn_config"`
 	TsnGcTimer  *ebpf.Map `ebpf:"tsn_gc_timer"`
-	TsnInflight *ebpf.Map `ebpf:"tsn_inflight"`
-	TsnMeta     *ebpf.Map `ebpf:"tsn_meta"`
 	TsnPolicies *ebpf.Map `ebpf:"tsn_policies"`
+	TsnSlots    *ebpf.Map `ebpf:"tsn_slots"`
 	TsnStats    *ebpf.Map `ebpf:"tsn_stats"`
+	TsnTable    *ebpf.Map `ebpf:"tsn_table"`
 }
 
 func (m *TsnMaps) Close() error {
 	return _TsnClose(
-		m.TsnConfig,
 		m.TsnGcTimer,
-		m.TsnInflight,
-		m.TsnMeta,
 		m.TsnPolicies,
+		m.TsnSlots,
 		m.TsnStats,
+		m.TsnTable,
 	)
 }
 
@@ -210,8 +215,14 @@ func (m *TsnMaps) Close() error {
 //
 // It can be passed to LoadTsnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TsnVariables struct {
+	GcIntervalNs   *ebpf.Variable `ebpf:"gc_interval_ns"`
 	HaveClockTypes *ebpf.Variable `ebpf:"have_clock_types"`
+	NicClock       *ebpf.Variable `ebpf:"nic_clock"`
 	SaverSlot      *ebpf.Variable `ebpf:"saver_slot"`
+	TableMask      *ebpf.Variable `ebpf:"table_mask"`
+	TtlUnits       *ebpf.Variable `ebpf:"ttl_units"`
+	VxlanPortA     *ebpf.Variable `ebpf:"vxlan_port_a"`
+	VxlanPortB     *ebpf.Variable `ebpf:"vxlan_port_b"`
 }
 
 // TsnPrograms contains all programs after they have been loaded into the kernel.

@@ -47,8 +47,8 @@ type saverState struct {
 
 // bpf map names, as pinned.
 var sharedMaps = []string{
-	bpf.TsnMapTsnMeta, bpf.TsnMapTsnPolicies, bpf.TsnMapTsnInflight,
-	bpf.TsnMapTsnStats, bpf.TsnMapTsnConfig, bpf.TsnMapTsnGcTimer,
+	bpf.TsnMapTsnTable, bpf.TsnMapTsnPolicies, bpf.TsnMapTsnSlots,
+	bpf.TsnMapTsnStats, bpf.TsnMapTsnGcTimer,
 }
 
 const (
@@ -135,12 +135,24 @@ func (m *Manager) load() error {
 		return fmt.Errorf("load eBPF spec: %w", err)
 	}
 	o := m.opts
-	spec.Maps[bpf.TsnMapTsnMeta].MaxEntries = o.maxPods * o.quota
+	entries := tableEntries(o.maxPods, o.quota)
+	spec.Maps[bpf.TsnMapTsnTable].MaxEntries = entries
 	spec.Maps[bpf.TsnMapTsnPolicies].MaxEntries = o.maxPods
-	spec.Maps[bpf.TsnMapTsnInflight].MaxEntries = o.maxPods
+	spec.Maps[bpf.TsnMapTsnSlots].MaxEntries = o.maxPods
 	spec.Maps[bpf.TsnMapTsnStats].MaxEntries = o.maxPods * prioBuckets
-	if err := spec.Variables[bpf.TsnVarHaveClockTypes].Set(boolU8(m.features.ClockTypes)); err != nil {
-		return fmt.Errorf("set have_clock_types: %w", err)
+	// Configuration is compiled in as constants: no map lookup per packet.
+	for name, v := range map[string]any{
+		bpf.TsnVarHaveClockTypes: boolU8(m.features.ClockTypes),
+		bpf.TsnVarTtlUnits:       uint32(max(1, o.ttl.Nanoseconds()>>20)),
+		bpf.TsnVarGcIntervalNs:   uint64(o.gcInterval.Nanoseconds()),
+		bpf.TsnVarVxlanPortA:     o.vxlanPorts[0],
+		bpf.TsnVarVxlanPortB:     o.vxlanPorts[1],
+		bpf.TsnVarNicClock:       uint8(o.nicClock),
+		bpf.TsnVarTableMask:      entries - 1,
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
 	}
 	m.spec = spec
 
@@ -165,17 +177,6 @@ func (m *Manager) load() error {
 		return fmt.Errorf("create or adopt map %s: %w", recordsMap, err)
 	}
 	m.records = rec
-
-	cfg := bpf.TsnTsnCfg{
-		TtlNs:        uint64(o.ttl),
-		GcIntervalNs: uint64(o.gcInterval),
-		VxlanPortA:   o.vxlanPorts[0],
-		VxlanPortB:   o.vxlanPorts[1],
-		NicClock:     uint8(o.nicClock),
-	}
-	if err := m.maps[bpf.TsnMapTsnConfig].Put(uint32(0), &cfg); err != nil {
-		return fmt.Errorf("write config: %w", err)
-	}
 
 	var objs struct {
 		Restorer *ebpf.Program `ebpf:"tsn_restorer"`
@@ -548,7 +549,8 @@ func (m *Manager) slotCounters(slot uint32) (Counters, error) {
 	return c, nil
 }
 
-// InFlight returns how many map entries the pod holds now, and the map's total.
+// InFlight returns how many entries the pod holds now (its quota use), and how
+// many entries of the shared table are live.
 func (m *Manager) InFlight(podUID string) (pod uint32, total int, err error) {
 	m.mu.Lock()
 	s, ok := m.savers[podUID]
@@ -556,16 +558,19 @@ func (m *Manager) InFlight(podUID string) (pod uint32, total int, err error) {
 	if !ok {
 		return 0, 0, fmt.Errorf("pod %s: no saver attached", podUID)
 	}
-	if err := m.maps[bpf.TsnMapTsnInflight].Lookup(s.info.Slot, &pod); err != nil {
+	var st bpf.TsnTsnSlot
+	if err := m.maps[bpf.TsnMapTsnSlots].Lookup(s.info.Slot, &st); err != nil {
 		return 0, 0, err
 	}
-	var k bpf.TsnTsnKey
-	var v bpf.TsnTsnVal
-	it := m.maps[bpf.TsnMapTsnMeta].Iterate()
-	for it.Next(&k, &v) {
-		total++
+	var k uint32
+	var e bpf.TsnTsnEntry
+	it := m.maps[bpf.TsnMapTsnTable].Iterate()
+	for it.Next(&k, &e) {
+		if e.State&stateMask == stateReady {
+			total++
+		}
 	}
-	return pod, total, it.Err()
+	return st.Inflight, total, it.Err()
 }
 
 // Close implements Interface: handles are released, attachments and pins stay.
@@ -653,4 +658,24 @@ func probePacket() []byte {
 	p[22] = 64
 	p[23] = 17
 	return p
+}
+
+// Entry states in tsn_entry.state (see bpf/tsn.c).
+const (
+	stateMask  = 3
+	stateReady = 2
+)
+
+// tableEntries sizes the shared table: four times the sum of all quotas,
+// rounded up to a power of two, so that with four ways per bucket a packet
+// rarely finds its bucket full (a counted miss, never a wrong restore): at
+// most 1/4 of the entries can be live, and one pod at its quota fills a tiny
+// fraction.
+func tableEntries(maxPods, quota uint32) uint32 {
+	want := uint64(maxPods) * uint64(quota) * 4
+	n := uint32(2)
+	for uint64(n) < want {
+		n <<= 1
+	}
+	return n
 }

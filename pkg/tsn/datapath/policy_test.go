@@ -57,7 +57,7 @@ func TestPolicyDemoteRemapDrop(t *testing.T) {
 	sa, sb := newSender(t, a.Netns, n), newSender(t, b.Netns, n)
 	const per = 200
 	// app priority -> what must leave tsn0
-	wantA := map[uint32]uint32{2: 2, 3: 5, 4: 1, 7: 1, 20: 1}
+	wantA := map[uint32]uint32{2: 2, 3: 5, 4: 1, 6: 1, 20: 1}
 	tagA := func(p uint32) uint32 { return 100 + p }
 	for p, want := range wantA {
 		for i := 0; i < per; i++ {
@@ -91,7 +91,8 @@ func TestPolicyDemoteRemapDrop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []uint32{4, 7} {
+	// (Priority 7 is avoided: the pod's kernel sends IPv6 ND/MLD with it.)
+	for _, p := range []uint32{4, 6} {
 		if c := ca.ByPriority[p]; c.Demoted != per || c.Restored != per {
 			t.Errorf("demote pod, priority %d: want %d demoted and restored, got %+v", p, per, c)
 		}

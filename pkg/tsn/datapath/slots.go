@@ -3,7 +3,6 @@ package datapath
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/cilium/ebpf"
@@ -73,7 +72,6 @@ func (m *Manager) writePolicy(slot uint32, p Policy, gen uint32) error {
 		UnspecClock: uint8(clock),
 		Active:      1,
 		Quota:       m.opts.quota,
-		Gen:         gen,
 	}
 	if err := m.maps[bpf.TsnMapTsnPolicies].Put(slot, &v); err != nil {
 		return fmt.Errorf("write policy of slot %d: %w", slot, err)
@@ -101,15 +99,14 @@ func policyFrom(v bpf.TsnTsnPolicy) Policy {
 }
 
 // resetSlot prepares a slot for a new pod: a new generation (entries of an
-// earlier pod in the slot are never applied), zero counters and quota.
+// earlier pod in the slot are never applied, and are freed by the restorer or
+// the expiry timer), zero counters and quota.
 func (m *Manager) resetSlot(slot uint32) (uint32, error) {
-	var old bpf.TsnTsnPolicy
-	if err := m.maps[bpf.TsnMapTsnPolicies].Lookup(slot, &old); err != nil {
-		return 0, fmt.Errorf("read policy of slot %d: %w", slot, err)
+	var old bpf.TsnTsnSlot
+	if err := m.maps[bpf.TsnMapTsnSlots].Lookup(slot, &old); err != nil {
+		return 0, fmt.Errorf("read slot %d: %w", slot, err)
 	}
-	gen := old.Gen + 1
-	old.Active, old.Gen = 0, gen
-	if err := m.maps[bpf.TsnMapTsnPolicies].Put(slot, &old); err != nil {
+	if err := m.maps[bpf.TsnMapTsnPolicies].Put(slot, &bpf.TsnTsnPolicy{}); err != nil {
 		return 0, fmt.Errorf("reset policy of slot %d: %w", slot, err)
 	}
 	zero := make([]bpf.TsnTsnCounters, ebpf.MustPossibleCPU())
@@ -118,40 +115,20 @@ func (m *Manager) resetSlot(slot uint32) (uint32, error) {
 			return 0, fmt.Errorf("reset counters of slot %d: %w", slot, err)
 		}
 	}
-	if err := m.purgeSlot(slot); err != nil {
-		return 0, err
+	gen := (old.Gen + 1) & 0xffff
+	if err := m.maps[bpf.TsnMapTsnSlots].Put(slot, &bpf.TsnTsnSlot{Gen: gen}); err != nil {
+		return 0, fmt.Errorf("reset slot %d: %w", slot, err)
 	}
 	return gen, nil
 }
 
 // deactivate stops a slot's saver from saving and makes its entries stale.
 func (m *Manager) deactivate(slot, gen uint32) error {
-	v := bpf.TsnTsnPolicy{Gen: gen + 1}
-	if err := m.maps[bpf.TsnMapTsnPolicies].Put(slot, &v); err != nil {
+	if err := m.maps[bpf.TsnMapTsnPolicies].Put(slot, &bpf.TsnTsnPolicy{}); err != nil {
 		return fmt.Errorf("deactivate slot %d: %w", slot, err)
 	}
-	return m.purgeSlot(slot)
-}
-
-// purgeSlot removes the slot's entries from the shared map and gives its quota back.
-func (m *Manager) purgeSlot(slot uint32) error {
-	meta := m.maps[bpf.TsnMapTsnMeta]
-	var k bpf.TsnTsnKey
-	var v bpf.TsnTsnVal
-	var del []bpf.TsnTsnKey
-	it := meta.Iterate()
-	for it.Next(&k, &v) {
-		if v.Slot == slot {
-			del = append(del, k)
-		}
-	}
-	for _, k := range del {
-		if err := meta.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("purge slot %d: %w", slot, err)
-		}
-	}
-	if err := m.maps[bpf.TsnMapTsnInflight].Put(slot, uint32(0)); err != nil {
-		return fmt.Errorf("reset quota of slot %d: %w", slot, err)
+	if err := m.maps[bpf.TsnMapTsnSlots].Put(slot, &bpf.TsnTsnSlot{Gen: (gen + 1) & 0xffff}); err != nil {
+		return fmt.Errorf("release slot %d: %w", slot, err)
 	}
 	return nil
 }
@@ -171,11 +148,15 @@ func (m *Manager) adopt(ctx context.Context) error {
 		if err := m.maps[bpf.TsnMapTsnPolicies].Lookup(slot, &pol); err != nil {
 			return fmt.Errorf("read policy of slot %d: %w", slot, err)
 		}
+		var st bpf.TsnTsnSlot
+		if err := m.maps[bpf.TsnMapTsnSlots].Lookup(slot, &st); err != nil {
+			return fmt.Errorf("read slot %d: %w", slot, err)
+		}
 		info := SaverInfo{
 			PodUID: cstr(r.UID[:]), Ifname: cstr(r.Ifname[:]), NetnsPath: cstr(r.Netns[:]),
 			Slot: slot, Mode: byteMode(r.Mode), Policy: policyFrom(pol),
 		}
-		m.savers[info.PodUID] = &saverState{info: info, gen: pol.Gen}
+		m.savers[info.PodUID] = &saverState{info: info, gen: st.Gen}
 		log.V(2).Info("adopted saver", "pod", info.PodUID, "slot", slot,
 			"attached", hook.Attached(hook.Mode(info.Mode), m.saverPin(slot)))
 	}
