@@ -362,3 +362,39 @@ func TestKernelInvalidConfigTouchesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Per-class max SDU (TCA_TAPRIO_ATTR_TC_ENTRY) is on 6.1: it reads back, with
+// zeros for the classes left unlimited.
+func TestKernelTaprioMaxSDU(t *testing.T) {
+	n := newTestNIC(t, 4)
+	n.requireKinds(t, "taprio")
+	q := vmTaprio(t)
+	q.MaxSDU = []uint32{0, 1500, 200}
+	mustApply(t, n, Config{Root: q})
+	s := n.snapshot(t)
+	wantRoot(t, s, "taprio", MakeHandle(0x7a50, 0), q)
+	got := s.Root.Qdisc.(*Taprio).MaxSDU
+	if len(got) < 3 || got[1] != 1500 || got[2] != 200 {
+		t.Fatalf("max SDU read back %v", got)
+	}
+}
+
+// A user schedule (txtime-assist, launch times, max SDU) goes on through FromSchedule.
+func TestKernelApplyFromSchedule(t *testing.T) {
+	n := newTestNIC(t, 4)
+	n.requireKinds(t, "taprio", "etf")
+	now, err := NowTAI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := FromSchedule(parseSchedule(t, userSchedule), n.link(t).Device, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, n, cfg)
+	s := n.snapshot(t)
+	wantRoot(t, s, "taprio", MakeHandle(0x7a50, 0), cfg.Root)
+	if len(s.Children) != 3 {
+		t.Fatalf("children %v, want etf on queues 0, 2 and 3", s.Children)
+	}
+}
