@@ -56,7 +56,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (config, error) {
 	fs.DurationVar(&cfg.duration, "duration", 0, "stop after this long, 0 for no limit")
 	fs.IntVar(&cfg.size, "size", 64, fmt.Sprintf("UDP payload size in bytes (at least %d)", minSize))
 	fs.IntVar(&cfg.priority, "priority", -1, "socket priority (SO_PRIORITY) to set, -1 to leave the socket default")
-	fs.BoolVar(&cfg.txtime, "txtime", false, "give every packet an SO_TXTIME launch time on CLOCK_TAI")
+	fs.BoolVar(&cfg.txtime, "txtime", false, "give every packet an SO_TXTIME launch time on CLOCK_TAI (needs CAP_NET_ADMIN)")
 	fs.DurationVar(&cfg.txtimeOffset, "txtime-offset", 500*time.Microsecond, "with -txtime: how far ahead of the send call the launch time lies")
 	fs.BoolVar(&cfg.deadline, "txtime-deadline", false, "with -txtime: set SOF_TXTIME_DEADLINE_MODE (launch time is a deadline)")
 	fs.StringVar(&cfg.stream, "stream", truncate(host, maxStream), fmt.Sprintf("stream name written into every payload (at most %d bytes)", maxStream))

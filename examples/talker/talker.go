@@ -234,7 +234,7 @@ func configureSocket(rc syscall.RawConn, cfg config, sum *summary) error {
 			binary.NativeEndian.PutUint32(st[0:], unix.CLOCK_TAI)
 			binary.NativeEndian.PutUint32(st[4:], flags)
 			if err := unix.SetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_TXTIME, string(st[:])); err != nil {
-				serr = fmt.Errorf("setting SO_TXTIME (CLOCK_TAI, flags %#x): %w", flags, err)
+				serr = fmt.Errorf("setting SO_TXTIME (CLOCK_TAI, flags %#x; clocks other than CLOCK_MONOTONIC need CAP_NET_ADMIN): %w", flags, err)
 			}
 		}
 	})

@@ -397,3 +397,50 @@ func (c *Cluster) stop() error {
 // WirePID is a process in the wire network namespace: enter it with
 // nsenter --net=/proc/<pid>/ns/net.
 func (c *Cluster) WirePID() int { return c.wire.pid() }
+
+// Leftovers lists what the cluster created that still exists: after Stop it
+// should be empty. It checks the namespace holders, the cgroup tree, mounts
+// of the state directory, created mount points and the state directory itself.
+func (c *Cluster) Leftovers() []string {
+	var left []string
+	for _, h := range []*holder{c.node, c.wire} {
+		if h != nil && h.cmd.ProcessState == nil {
+			left = append(left, fmt.Sprintf("%s namespace holder (pid %d) not reaped", h.name, h.pid()))
+		}
+		if h != nil {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", h.pid())); err == nil {
+				left = append(left, fmt.Sprintf("%s namespace holder pid %d still exists", h.name, h.pid()))
+			}
+		}
+	}
+	for _, p := range c.procs {
+		if !p.exited() {
+			left = append(left, fmt.Sprintf("%s (pid %d) still running", p.name, p.cmd.Process.Pid))
+		}
+	}
+	if c.cg != nil {
+		for _, m := range c.cg.mounts {
+			if _, err := os.Stat(m + c.cg.path); err == nil {
+				left = append(left, "cgroup "+m+c.cg.path)
+			}
+		}
+	}
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, l := range strings.Split(string(mi), "\n") {
+			if c.Dir != "" && strings.Contains(l, c.Dir) {
+				left = append(left, "mount: "+l)
+			}
+		}
+	}
+	for _, d := range c.createdDirs {
+		if _, err := os.Stat(d); err == nil {
+			left = append(left, "mount point "+d)
+		}
+	}
+	if !c.cfg.KeepDir {
+		if _, err := os.Stat(c.Dir); err == nil {
+			left = append(left, "state directory "+c.Dir)
+		}
+	}
+	return left
+}
