@@ -12,7 +12,7 @@ CNI_PLUGINS_VERSION ?= v1.9.1
 CNI_PATH  ?= /var/cache/tsn-dra-driver/cni-$(CNI_PLUGINS_VERSION)
 export CNI_PATH
 
-.PHONY: all build test test-unit lint generate demo clean cni-plugins
+.PHONY: all build test test-unit lint generate demo clean cni-plugins e2e e2e-build e2e-cluster
 
 all: build
 
@@ -43,6 +43,19 @@ cni-plugins: $(CNI_PATH)/bridge $(CNI_PATH)/host-local $(CNI_PATH)/loopback
 $(CNI_PATH)/%:
 	mkdir -p $(CNI_PATH)
 	GOBIN=$(CNI_PATH) CGO_ENABLED=0 $(GO) install github.com/containernetworking/plugins/plugins/$(if $(filter host-local,$*),ipam,main)/$*@$(CNI_PLUGINS_VERSION)
+
+## e2e-build: build Kubernetes v1.37.1, etcd, containerd, runc and CNI plugins for the e2e
+##   cluster into /var/cache/tsn-dra-driver/e2e-v1 (once; skipped when cached). Needs gcc, libseccomp-dev.
+e2e-build:
+	hack/e2e/build.sh
+
+## e2e: end-to-end tests on a real single-node Kubernetes (root; see docs/e2e.md).
+e2e: e2e-build
+	cd hack/e2e && $(GO) test $(TEST_FLAGS) -v -timeout 50m ./...
+
+## e2e-cluster: start the e2e cluster and keep it up until Ctrl-C (root; see docs/e2e.md).
+e2e-cluster: e2e-build
+	cd hack/e2e && $(GO) run ./cmd/e2e-cluster -repo $(CURDIR)
 
 clean:
 	rm -rf $(BIN)
