@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -25,7 +26,7 @@ type checkpoint struct {
 type checkpointFile struct {
 	Version  int    `json:"version"`
 	Checksum string `json:"checksum"`
-	// Claims is kept as raw JSON so the checksum covers exactly the bytes on disk.
+	// Claims is kept as raw JSON; the checksum covers its compact encoding.
 	Claims json.RawMessage `json:"claims"`
 }
 
@@ -44,7 +45,12 @@ func (c *checkpoint) load() (map[types.UID]PreparedClaim, error) {
 	if f.Version != checkpointVersion {
 		return nil, fmt.Errorf("checkpoint %s has version %d, this driver reads version %d", c.path, f.Version, checkpointVersion)
 	}
-	if sum := checksum(f.Claims); sum != f.Checksum {
+	// The file is indented; the checksum covers the compact encoding.
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, f.Claims); err != nil {
+		return nil, fmt.Errorf("checkpoint %s is damaged: %w", c.path, err)
+	}
+	if sum := checksum(compact.Bytes()); sum != f.Checksum {
 		return nil, fmt.Errorf("checkpoint %s is damaged: checksum %s, content hashes to %s", c.path, f.Checksum, sum)
 	}
 	claims := map[types.UID]PreparedClaim{}

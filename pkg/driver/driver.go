@@ -62,8 +62,23 @@ type Options struct {
 	// OnFatal is called with an error the driver cannot recover from (the daemon should shut
 	// down). Nil only logs.
 	OnFatal func(error)
+	// Hooks, when set, take part in preparation (the data path: restorer and schedule on the
+	// NIC). Nil means the data path is not wired: claims are prepared and checkpointed, and
+	// the driver logs that nothing is attached.
+	Hooks ClaimHooks
 	// ExtraPluginOptions are passed to kubeletplugin.Start (tests use them for listeners).
 	ExtraPluginOptions []kubeletplugin.Option
+}
+
+// ClaimHooks is the seam for the work that follows the DRA bookkeeping of a claim. Calls for
+// one claim are serialized by the kubelet plugin helper; both must be idempotent.
+type ClaimHooks interface {
+	// ClaimPrepared runs after the claim was checkpointed. An error fails the preparation;
+	// the checkpoint is then rolled back to what it was.
+	ClaimPrepared(ctx context.Context, claim PreparedClaim) error
+	// ClaimUnprepared runs before the claim leaves the checkpoint. An error fails the
+	// unpreparation and keeps the claim, so the kubelet retries.
+	ClaimUnprepared(ctx context.Context, claim PreparedClaim) error
 }
 
 // Driver is the kubelet plugin. It implements kubeletplugin.DRAPlugin.
@@ -315,10 +330,31 @@ func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceCl
 		}
 		return nil, err
 	}
-	if !had || !equalPrepared(old, *plan) {
+	changed := !had || !equalPrepared(old, *plan)
+	if changed {
 		if err := d.state.put(*plan); err != nil {
 			return nil, fmt.Errorf("checkpoint: %w", err)
 		}
+	}
+	if d.opts.Hooks != nil {
+		if err := d.opts.Hooks.ClaimPrepared(ctx, *plan); err != nil {
+			if changed {
+				var rerr error
+				if had {
+					rerr = d.state.put(old)
+				} else {
+					_, rerr = d.state.remove(plan.UID)
+				}
+				if rerr != nil {
+					logger.Error(rerr, "Could not roll back the checkpoint after a failed data-path setup", "claim", klog.KObj(claim))
+				}
+			}
+			return nil, fmt.Errorf("set up data path: %w", err)
+		}
+	} else if changed {
+		logger.Info("Data path not wired: claim prepared and checkpointed, nothing attached", "claim", klog.KObj(claim))
+	}
+	if changed {
 		logger.Info("Prepared claim", "claim", klog.KObj(claim), "devices", deviceNames(plan.Devices), "pods", len(plan.Pods))
 	} else {
 		logger.V(2).Info("Claim already prepared", "claim", klog.KObj(claim))
@@ -331,15 +367,27 @@ func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceCl
 func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
 	out := make(map[types.UID]error, len(claims))
 	for _, c := range claims {
-		removed, err := d.state.remove(c.UID)
+		var removed bool
+		var err error
+		if pc, ok := d.state.get(c.UID); ok && d.opts.Hooks != nil {
+			if herr := d.opts.Hooks.ClaimUnprepared(ctx, pc); herr != nil {
+				err = fmt.Errorf("tear down data path: %w", herr)
+			}
+		}
+		if err == nil {
+			removed, err = d.state.remove(c.UID)
+			if err != nil {
+				err = fmt.Errorf("checkpoint: %w", err)
+			}
+		}
 		if err != nil {
-			err = fmt.Errorf("unprepare claim %s for %s: checkpoint: %w", c.String(), d.opts.DriverName, err)
+			err = fmt.Errorf("unprepare claim %s for %s: %w", c.NamespacedName.String(), d.opts.DriverName, err)
 			d.event(&corev1.ObjectReference{Kind: "ResourceClaim", APIVersion: resourceapi.SchemeGroupVersion.String(),
 				Namespace: c.Namespace, Name: c.Name, UID: c.UID}, corev1.EventTypeWarning, "UnprepareFailed", err.Error())
 		} else if removed {
-			klog.FromContext(ctx).Info("Unprepared claim", "claim", c.String())
+			klog.FromContext(ctx).Info("Unprepared claim", "claim", c.NamespacedName.String(), "uid", c.UID)
 		} else {
-			klog.FromContext(ctx).V(2).Info("Claim was not prepared", "claim", c.String())
+			klog.FromContext(ctx).V(2).Info("Claim was not prepared", "claim", c.NamespacedName.String(), "uid", c.UID)
 		}
 		out[c.UID] = err
 	}
