@@ -444,3 +444,7 @@ func (c *Cluster) Leftovers() []string {
 	}
 	return left
 }
+
+// NodePID is a process in the node's namespaces: enter them with
+// nsenter --target <pid> --net --mount.
+func (c *Cluster) NodePID() int { return c.node.pid() }

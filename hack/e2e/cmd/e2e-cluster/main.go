@@ -60,11 +60,13 @@ func run(ctx context.Context, c *cluster.Cluster, bin, repo string, start time.T
   export KUBECONFIG=%s
   %s/kubectl get nodes
 images: %s, %s
-tsn0 (%s) peers with %s (%s) in a wire netns; run a receiver there with
-  nsenter --net=/proc/%d/ns/net -- <receiver>
+the node's namespaces (its links, bpffs, /var/lib/kubelet):
+  nsenter --target %d --net --mount -- ip -d link show %s
+%s (%s) peers with %s (%s) in a wire netns; run a receiver there with
+  nsenter --net=/proc/%d/ns/net -- <receiver> -listen :7788
 Ctrl-C to tear down.
 `, time.Since(start).Round(time.Millisecond), c.Dir, c.Kubeconfig, bin, cluster.PauseImage, images.Examples,
-		cluster.TSNInterface, cluster.WireInterface, cluster.WireAddr, c.WirePID())
+		c.NodePID(), cluster.TSNInterface, cluster.TSNInterface, cluster.TSNAddr, cluster.WireInterface, cluster.WireAddr, c.WirePID())
 	<-ctx.Done()
 	return nil
 }
