@@ -97,6 +97,8 @@ type Installed struct {
 	Qdisc Qdisc
 	// Options is the payload of TCA_OPTIONS as dumped.
 	Options []byte
+	// Stats are the qdisc's counters at the time of the dump.
+	Stats Stats
 }
 
 // Default reports whether the kernel made this qdisc on its own (handle 0):
@@ -135,6 +137,10 @@ func (c *Client) List(ifindex int) ([]Installed, error) {
 				q.Kind = unix.ByteSliceToString(a.Value)
 			case nl.TCA_OPTIONS:
 				q.Options = append([]byte(nil), a.Value...)
+			case tcaStats2:
+				if q.Stats, err = decodeStats2(a.Value); err != nil {
+					return nil, fmt.Errorf("decode stats of %s: %w", q, err)
+				}
 			}
 		}
 		q.Qdisc, err = Decode(q.Kind, q.Options)
