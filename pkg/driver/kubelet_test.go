@@ -1,0 +1,173 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/klog/v2/ktesting"
+	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
+	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
+)
+
+func dial(t *testing.T, path string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestKubeletSide runs the real plugin on unix sockets and talks to it the way the kubelet
+// does: registration through pluginregistration v1, then NodePrepareResources and
+// NodeUnprepareResources through the DRA v1 gRPC API. It also measures Prepare latency.
+func TestKubeletSide(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// Short paths: unix socket paths are limited to 108 bytes.
+	base, err := os.MkdirTemp("", "tsndra")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	regDir, dataDir := filepath.Join(base, "reg"), filepath.Join(base, "data")
+
+	const latencyClaims = 200
+	var objs []*resourceapi.ResourceClaim
+	objs = append(objs, newClaim("c0", withConfig(resourceapi.AllocationConfigSourceClaim, nil,
+		`{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","priorityMap":[{"appPriority":5}]}`)))
+	objs = append(objs, newClaim("bad", withConfig(resourceapi.AllocationConfigSourceClaim, nil,
+		`{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","bogus":1}`)))
+	for i := 0; i < latencyClaims; i++ {
+		objs = append(objs, newClaim(fmt.Sprintf("lat%03d", i), withPod(fmt.Sprintf("pod-lat%03d", i)),
+			withConfig(resourceapi.AllocationConfigSourceClass, nil, `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","ungranted":"drop"}`)))
+	}
+	client := newClient()
+	for _, o := range objs {
+		if _, err := client.ResourceV1().ResourceClaims(o.Namespace).Create(ctx, o, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	d, err := New(ctx, Options{
+		DriverName: DefaultDriverName, NodeName: testNode, KubeClient: client,
+		Discoverer: newFakeDiscoverer(), Config: mustConfig(t), StateDir: filepath.Join(base, "state"),
+		PluginDataDir: dataDir, RegistrarDir: regDir,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Stop()
+
+	// Registration, as the kubelet's plugin watcher does it.
+	reg := registerapi.NewRegistrationClient(dial(t, filepath.Join(regDir, DefaultDriverName+"-reg.sock")))
+	info, err := reg.GetInfo(ctx, &registerapi.InfoRequest{})
+	if err != nil {
+		t.Fatalf("GetInfo: %v", err)
+	}
+	if info.Type != registerapi.DRAPlugin || info.Name != DefaultDriverName || info.Endpoint != filepath.Join(dataDir, "dra.sock") {
+		t.Fatalf("plugin info %+v", info)
+	}
+	sort.Strings(info.SupportedVersions)
+	t.Logf("supported services: %v", info.SupportedVersions)
+	if d.Registered() {
+		t.Errorf("registered before the kubelet said so")
+	}
+	if _, err := reg.NotifyRegistrationStatus(ctx, &registerapi.RegistrationStatus{PluginRegistered: true}); err != nil {
+		t.Fatal(err)
+	}
+	if !d.Registered() {
+		t.Errorf("not registered after NotifyRegistrationStatus")
+	}
+
+	// The ResourceSlice is published.
+	err = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		l, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+		if err != nil || len(l.Items) != 1 {
+			return false, err
+		}
+		s := l.Items[0]
+		return s.Spec.Driver == DefaultDriverName && s.Spec.Pool.Name == testNode && s.Spec.NodeName != nil && *s.Spec.NodeName == testNode && len(s.Spec.Devices) == 3, nil
+	})
+	if err != nil {
+		t.Fatalf("ResourceSlice not published: %v", err)
+	}
+
+	dra := drapb.NewDRAPluginClient(dial(t, info.Endpoint))
+	claimRef := func(c *resourceapi.ResourceClaim) *drapb.Claim {
+		return &drapb.Claim{Namespace: c.Namespace, Name: c.Name, Uid: string(c.UID)}
+	}
+
+	// One good and one bad claim in one call.
+	resp, err := dra.NodePrepareResources(ctx, &drapb.NodePrepareResourcesRequest{Claims: []*drapb.Claim{claimRef(objs[0]), claimRef(objs[1])}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := resp.Claims[string(objs[0].UID)]
+	if good == nil || good.Error != "" || len(good.Devices) != 1 || good.Devices[0].DeviceName != "tsn0-tc1" || good.Devices[0].PoolName != testNode || good.Devices[0].RequestNames[0] != "tsn" {
+		t.Errorf("good claim: %+v", good)
+	}
+	bad := resp.Claims[string(objs[1].UID)]
+	wantErr := `prepare claim default/bad for tsn.dra.io: status.allocation.devices.config[0].opaque.parameters: Invalid value: "": unknown field "bogus"`
+	if bad == nil || bad.Error != wantErr {
+		t.Errorf("bad claim: %+v, want error %q", bad, wantErr)
+	}
+	// pod1 holds c0 and the failed claim: only c0 is prepared.
+	if p := d.Store().PodPolicies("pod1"); len(p) != 1 || p[0].ClaimName != "c0" || p[0].Remap[5] != 3 {
+		t.Errorf("pod1 policies %+v", p)
+	}
+
+	// Prepare latency, one claim per call as the kubelet does for one pod.
+	lat := make([]time.Duration, 0, latencyClaims)
+	for _, c := range objs[2:] {
+		start := time.Now()
+		r, err := dra.NodePrepareResources(ctx, &drapb.NodePrepareResourcesRequest{Claims: []*drapb.Claim{claimRef(c)}})
+		lat = append(lat, time.Since(start))
+		if err != nil || r.Claims[string(c.UID)].Error != "" {
+			t.Fatalf("prepare %s: %v %+v", c.Name, err, r)
+		}
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
+	t.Logf("NodePrepareResources latency over %d claims (gRPC + claim fetch + plan + fsynced checkpoint + status apply): p50=%v p99=%v max=%v",
+		len(lat), p50, p99, lat[len(lat)-1])
+	if p99 > 50*time.Millisecond {
+		t.Errorf("Prepare p99 %v exceeds the 50 ms target", p99)
+	}
+
+	// Unprepare everything through gRPC, twice (idempotent).
+	var refs []*drapb.Claim
+	for _, c := range objs {
+		refs = append(refs, claimRef(c))
+	}
+	for i := 0; i < 2; i++ {
+		ur, err := dra.NodeUnprepareResources(ctx, &drapb.NodeUnprepareResourcesRequest{Claims: refs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for uid, r := range ur.Claims {
+			if r.Error != "" {
+				t.Errorf("unprepare %s: %s", uid, r.Error)
+			}
+		}
+	}
+	if n := len(d.Store().PreparedClaims()); n != 0 {
+		t.Errorf("%d claims left after unprepare", n)
+	}
+}
