@@ -39,7 +39,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define SEQ_ONE 8
 #define SEQ_MASK (~7u)
 
-/* Entries per bucket: a bucket is 4 consecutive cache lines. */
+/* Entries per bucket. */
 #define WAYS 4
 
 /* Set by the loader before load; constant for the verifier and the JIT. */
@@ -50,11 +50,11 @@ volatile const __u64 gc_interval_ns = 250000000;
 volatile const __u16 vxlan_port_a = 4789;
 volatile const __u16 vxlan_port_b = 8472;
 volatile const __u8 nic_clock = TSN_CLK_TAI; /* the clock the NIC's qdiscs read launch times in */
-volatile const __u32 table_mask = 32767;  /* table entries - 1 (a power of two) */
+volatile const __u32 bucket_mask = 8191;  /* buckets - 1 (a power of two) */
 
-/* One saved packet: exactly one cache line. */
-struct tsn_entry {
-	__u32 state;
+/* One saved packet: one cache line, at index bucket * WAYS + way of
+ * tsn_ways. Its state word lives in the bucket header. */
+struct tsn_way {
 	struct tsn_key key;
 	__u64 tstamp;   /* launch time; 0 if none saved */
 	__u32 saved;    /* coarse clock >> 20 at save, for expiry */
@@ -65,6 +65,14 @@ struct tsn_entry {
 	__u8 clock;     /* TSN_CLK_* of tstamp */
 	__u8 flags;
 	__u32 refs;     /* packets in flight with these bytes and this metadata */
+	__u32 pad[2];
+};
+
+/* A bucket's header: half a cache line, in its own compact array, so a
+ * packet without an entry (host traffic at the NIC) reads only this. */
+struct tsn_bucket {
+	__u32 state[WAYS]; /* per way: sequence | poison | state */
+	__u32 tag[WAYS];   /* per way: hash of the key, to skip other packets' lines */
 };
 
 struct tsn_policy {
@@ -102,10 +110,17 @@ struct tsn_gc {
 /* Sizes are placeholders: the loader sets max_entries from its options. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 32768);
+	__uint(max_entries, 8192);
 	__type(key, __u32);
-	__type(value, struct tsn_entry);
+	__type(value, struct tsn_bucket);
 } tsn_table SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 8192 * WAYS);
+	__type(key, __u32);
+	__type(value, struct tsn_way);
+} tsn_ways SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -146,13 +161,20 @@ static __always_inline __u32 now_units(void)
 	return (__u32)(bpf_ktime_get_coarse_ns() >> 20);
 }
 
-static __always_inline int expired(struct tsn_entry *e, __u32 now)
+static __always_inline int expired(struct tsn_way *e, __u32 now)
 {
 	return (__u32)(now - e->saved) > ttl_units;
 }
 
 _Static_assert(sizeof(struct tsn_key) == 32, "tsn_key is 8 words");
-_Static_assert(sizeof(struct tsn_entry) == 64, "tsn_entry is one cache line");
+_Static_assert(sizeof(struct tsn_way) == 64, "a way is one cache line");
+_Static_assert(sizeof(struct tsn_bucket) == 32, "bucket header: half a cache line");
+
+static __always_inline struct tsn_way *way_of(__u32 bucket, int way)
+{
+	__u32 i = bucket * WAYS + (way & (WAYS - 1));
+	return bpf_map_lookup_elem(&tsn_ways, &i);
+}
 
 static __always_inline __u32 key_hash(const struct tsn_key *k)
 {
@@ -168,6 +190,25 @@ static __always_inline __u32 key_hash(const struct tsn_key *k)
 	h = (h ^ w[6]) * 0x01000193;
 	h = (h ^ w[7]) * 0x01000193;
 	return h ^ (h >> 16);
+}
+
+/*
+ * The bucket of a key. For IPv4 it is a hash of what stays the same along a
+ * flow (protocol, lengths) plus the IP ID, which the kernel advances by one per
+ * packet: consecutive packets of a flow land in consecutive buckets, so the
+ * saver and the restorer touch memory that is already in cache and TLB instead
+ * of a random line of a multi-megabyte table. Other packets use the full hash.
+ */
+static __always_inline __u32 bucket_of(const struct tsn_key *k, __u32 h)
+{
+	if (k->family == 4) {
+		__u32 flow = (((__u32)k->proto << 24) | k->l3len) * 0x9e3779b1u;
+		if (k->proto == IPPROTO_UDP)
+			flow ^= k->l4a * 0x85ebca77u;
+		flow ^= flow >> 15;
+		return (flow + bpf_ntohs((__u16)k->id)) & bucket_mask;
+	}
+	return h & bucket_mask;
 }
 
 static __always_inline int key_eq(const struct tsn_key *a, const struct tsn_key *b)
@@ -264,43 +305,54 @@ int tsn_saver(struct __sk_buff *skb)
 
 	__u32 now = now_units();
 	__u8 flags = (granted ? TSN_F_PRIO : 0) | (ts ? TSN_F_TSTAMP : 0);
-	__u32 idx = key_hash(&k) & table_mask & ~(WAYS - 1);
+	__u32 h = key_hash(&k), bi = bucket_of(&k, h);
+	struct tsn_bucket *b = bpf_map_lookup_elem(&tsn_table, &bi);
+	if (!b)
+		return TSN_PASS;
 	__u16 gen = st->gen;
-	int way;
-
-	/* One pass over the bucket: find the same bytes already in flight, and
-	 * the first free (or expired) way. */
-	int cand = -1;
+	int way, cand = -1;
 	__u32 cand_s = 0;
+
+	/* One pass over the bucket header: the same bytes already in flight (only
+	 * ways whose tag matches are read), and the first free way. */
 	for (way = 0; way < WAYS; way++) {
-		__u32 i = idx + way;
-		struct tsn_entry *e = bpf_map_lookup_elem(&tsn_table, &i);
-		if (!e)
-			return TSN_PASS;
-		__u32 s = e->state;
-		if ((s & ST_MASK) == ST_WRITING)
-			continue;
-		if ((s & ST_MASK) == ST_READY && !expired(e, now)) {
-			if (!key_eq(&e->key, &k))
-				continue;
-			if (e->slot == slot && e->gen == gen && e->prio == granted && e->tstamp == ts &&
-			    e->flags == flags) {
-				/* Same metadata: one entry serves both packets. */
-				__sync_fetch_and_add(&e->refs, 1);
-				c->saved++;
-				return TSN_PASS;
+		__u32 s = b->state[way];
+		if ((s & ST_MASK) == ST_FREE) {
+			if (cand < 0) {
+				cand = way;
+				cand_s = s;
 			}
-			/* Same bytes, other metadata: the NIC cannot tell the packets
-			 * apart. Poison the entry (and bump its sequence, so a restorer
-			 * that read it before fails its claim): a miss, never a wrong restore. */
-			__sync_fetch_and_or(&e->state, ST_AMBIGUOUS);
-			__sync_fetch_and_add(&e->state, SEQ_ONE);
-			c->missed++;
+			continue;
+		}
+		if ((s & ST_MASK) != ST_READY || b->tag[way] != h)
+			continue;
+		struct tsn_way *e = way_of(bi, way);
+		if (!e || expired(e, now) || !key_eq(&e->key, &k))
+			continue;
+		if (e->slot == slot && e->gen == gen && e->prio == granted && e->tstamp == ts && e->flags == flags) {
+			/* Same metadata: one entry serves both packets. */
+			__sync_fetch_and_add(&e->refs, 1);
+			c->saved++;
 			return TSN_PASS;
 		}
-		if (cand < 0) {
-			cand = way;
-			cand_s = s;
+		/* Same bytes, other metadata: the NIC cannot tell the packets apart.
+		 * Poison the entry (and bump its sequence, so a restorer that read it
+		 * before fails its claim): a miss, never a wrong restore. */
+		__sync_fetch_and_or(&b->state[way & (WAYS - 1)], ST_AMBIGUOUS);
+		__sync_fetch_and_add(&b->state[way & (WAYS - 1)], SEQ_ONE);
+		c->missed++;
+		return TSN_PASS;
+	}
+	if (cand < 0) {
+		/* No free way: take one whose packet never arrived (expired). */
+		for (way = 0; way < WAYS; way++) {
+			__u32 s = b->state[way];
+			struct tsn_way *e = way_of(bi, way);
+			if ((s & ST_MASK) == ST_READY && e && expired(e, now)) {
+				cand = way;
+				cand_s = s;
+				break;
+			}
 		}
 	}
 	if (cand < 0) {
@@ -313,13 +365,17 @@ int tsn_saver(struct __sk_buff *skb)
 		c->missed++;
 		return TSN_PASS;
 	}
-	__u32 ci = idx + (cand & (WAYS - 1));
-	struct tsn_entry *e = bpf_map_lookup_elem(&tsn_table, &ci);
+	cand &= WAYS - 1;
 	__u32 mine = ((cand_s & SEQ_MASK) + SEQ_ONE) | ST_WRITING;
-	if (!e || __sync_val_compare_and_swap(&e->state, cand_s, mine) != cand_s) {
+	if (__sync_val_compare_and_swap(&b->state[cand], cand_s, mine) != cand_s) {
 		/* Another CPU took the way first. */
 		__sync_fetch_and_add(&st->inflight, -1);
 		c->missed++;
+		return TSN_PASS;
+	}
+	struct tsn_way *e = way_of(bi, cand);
+	if (!e) {
+		__sync_val_compare_and_swap(&b->state[cand], mine, cand_s);
 		return TSN_PASS;
 	}
 	if ((cand_s & ST_MASK) == ST_READY)
@@ -334,8 +390,9 @@ int tsn_saver(struct __sk_buff *skb)
 	e->clock = clock;
 	e->flags = flags;
 	e->refs = 1;
+	b->tag[cand] = h;
 	/* Publish: the fields above are visible before the state says READY. */
-	__sync_lock_test_and_set(&e->state, (mine & SEQ_MASK) | ST_READY);
+	__sync_lock_test_and_set(&b->state[cand], (mine & SEQ_MASK) | ST_READY);
 	c->saved++;
 	return TSN_PASS;
 }
@@ -369,19 +426,22 @@ int tsn_restorer(struct __sk_buff *skb)
 	if (tsn_fingerprint(skb, &k, 1, vxlan_port_a, vxlan_port_b, &poff) < 0)
 		return TSN_PASS;
 
-	__u32 idx = key_hash(&k) & table_mask & ~(WAYS - 1);
+	__u32 h = key_hash(&k), bi = bucket_of(&k, h);
+	struct tsn_bucket *b = bpf_map_lookup_elem(&tsn_table, &bi);
+	if (!b)
+		return TSN_PASS;
 	int way;
 	for (way = 0; way < WAYS; way++) {
-		__u32 i = idx + way;
-		struct tsn_entry *e = bpf_map_lookup_elem(&tsn_table, &i);
-		if (!e)
-			return TSN_PASS;
-		__u32 s = e->state;
-		if ((s & ST_MASK) != ST_READY || !key_eq(&e->key, &k))
+		__u32 s = b->state[way];
+		if ((s & ST_MASK) != ST_READY || b->tag[way] != h)
+			continue;
+		struct tsn_way *e = way_of(bi, way);
+		if (!e || !key_eq(&e->key, &k))
 			continue;
 
 		/* Read everything, then claim: a claim that succeeds proves the
 		 * entry did not change hands or get poisoned since. */
+		__u32 *state = &b->state[way & (WAYS - 1)];
 		__u64 tstamp = e->tstamp;
 		__u16 slot = e->slot, gen = e->gen;
 		__u8 prio = e->prio, bucket = e->app_prio, clock = e->clock, flags = e->flags;
@@ -392,11 +452,11 @@ int tsn_restorer(struct __sk_buff *skb)
 		struct tsn_slot *st = bpf_map_lookup_elem(&tsn_slots, &sl);
 		if (!st || (__u16)st->gen != gen) {
 			/* Left over from a pod that is gone. */
-			__sync_val_compare_and_swap(&e->state, s, freed);
+			__sync_val_compare_and_swap(state, s, freed);
 			return TSN_PASS;
 		}
 		if (is_expired) {
-			if (__sync_val_compare_and_swap(&e->state, s, freed) == s)
+			if (__sync_val_compare_and_swap(state, s, freed) == s)
 				account_free(slot, gen, bucket, 1);
 			return TSN_PASS;
 		}
@@ -404,12 +464,12 @@ int tsn_restorer(struct __sk_buff *skb)
 		if (!c)
 			return TSN_PASS;
 		if (__sync_fetch_and_add(&e->refs, -1) <= 1) {
-			if (__sync_val_compare_and_swap(&e->state, s, freed) != s) {
+			if (__sync_val_compare_and_swap(state, s, freed) != s) {
 				c->rejected++;
 				return TSN_PASS;
 			}
 			account_free(slot, gen, bucket, 0);
-		} else if (e->state != s) {
+		} else if (*state != s) {
 			c->rejected++;
 			return TSN_PASS;
 		}
@@ -434,22 +494,28 @@ struct gc_ctx {
 	__u32 freed;
 };
 
-static long gc_elem(void *map, __u32 *key, struct tsn_entry *e, struct gc_ctx *ctx)
+static long gc_elem(void *map, __u32 *key, struct tsn_bucket *b, struct gc_ctx *ctx)
 {
-	__u32 s = e->state;
-	if ((s & ST_MASK) != ST_READY)
-		return 0;
-	__u32 sl = e->slot;
-	struct tsn_slot *st = bpf_map_lookup_elem(&tsn_slots, &sl);
-	int stale = !st || (__u16)st->gen != e->gen;
-	if (!stale && !expired(e, ctx->now))
-		return 0;
-	__u16 slot = e->slot, gen = e->gen;
-	__u8 bucket = e->app_prio;
-	if (__sync_val_compare_and_swap(&e->state, s, ((s & SEQ_MASK) + SEQ_ONE) | ST_FREE) == s) {
-		ctx->freed++;
-		if (!stale)
-			account_free(slot, gen, bucket, 1);
+	int way;
+	for (way = 0; way < WAYS; way++) {
+		__u32 s = b->state[way];
+		if ((s & ST_MASK) != ST_READY)
+			continue;
+		struct tsn_way *e = way_of(*key, way);
+		if (!e)
+			continue;
+		__u32 sl = e->slot;
+		struct tsn_slot *st = bpf_map_lookup_elem(&tsn_slots, &sl);
+		int stale = !st || (__u16)st->gen != e->gen;
+		if (!stale && !expired(e, ctx->now))
+			continue;
+		__u16 slot = e->slot, gen = e->gen;
+		__u8 bucket = e->app_prio;
+		if (__sync_val_compare_and_swap(&b->state[way & (WAYS - 1)], s, ((s & SEQ_MASK) + SEQ_ONE) | ST_FREE) == s) {
+			ctx->freed++;
+			if (!stale)
+				account_free(slot, gen, bucket, 1);
+		}
 	}
 	return 0;
 }

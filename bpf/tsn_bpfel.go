@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type TsnTsnBucket struct {
+	_     structs.HostLayout
+	State [4]uint32
+	Tag   [4]uint32
+}
+
 type TsnTsnCounters struct {
 	_        structs.HostLayout
 	Saved    uint64
@@ -22,22 +28,6 @@ type TsnTsnCounters struct {
 	Dropped  uint64
 	Rejected uint64
 	Expired  uint64
-}
-
-type TsnTsnEntry struct {
-	_       structs.HostLayout
-	State   uint32
-	Key     TsnTsnKey
-	_       [4]byte
-	Tstamp  uint64
-	Saved   uint32
-	Slot    uint16
-	Gen     uint16
-	Prio    uint8
-	AppPrio uint8
-	Clock   uint8
-	Flags   uint8
-	Refs    uint32
 }
 
 type TsnTsnGc struct {
@@ -78,6 +68,21 @@ type TsnTsnSlot struct {
 	Inflight uint32
 }
 
+type TsnTsnWay struct {
+	_       structs.HostLayout
+	Key     TsnTsnKey
+	Tstamp  uint64
+	Saved   uint32
+	Slot    uint16
+	Gen     uint16
+	Prio    uint8
+	AppPrio uint8
+	Clock   uint8
+	Flags   uint8
+	Refs    uint32
+	Pad     [2]uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -87,15 +92,16 @@ const (
 	TsnMapTsnSlots          = "tsn_slots"
 	TsnMapTsnStats          = "tsn_stats"
 	TsnMapTsnTable          = "tsn_table"
+	TsnMapTsnWays           = "tsn_ways"
 	TsnProgTsnGcArm         = "tsn_gc_arm"
 	TsnProgTsnProbeClockTai = "tsn_probe_clock_tai"
 	TsnProgTsnRestorer      = "tsn_restorer"
 	TsnProgTsnSaver         = "tsn_saver"
+	TsnVarBucketMask        = "bucket_mask"
 	TsnVarGcIntervalNs      = "gc_interval_ns"
 	TsnVarHaveClockTypes    = "have_clock_types"
 	TsnVarNicClock          = "nic_clock"
 	TsnVarSaverSlot         = "saver_slot"
-	TsnVarTableMask         = "table_mask"
 	TsnVarTtlUnits          = "ttl_units"
 	TsnVarVxlanPortA        = "vxlan_port_a"
 	TsnVarVxlanPortB        = "vxlan_port_b"
@@ -158,17 +164,18 @@ type TsnMapSpecs struct {
 	TsnSlots    *ebpf.MapSpec `ebpf:"tsn_slots"`
 	TsnStats    *ebpf.MapSpec `ebpf:"tsn_stats"`
 	TsnTable    *ebpf.MapSpec `ebpf:"tsn_table"`
+	TsnWays     *ebpf.MapSpec `ebpf:"tsn_ways"`
 }
 
 // TsnVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TsnVariableSpecs struct {
+	BucketMask     *ebpf.VariableSpec `ebpf:"bucket_mask"`
 	GcIntervalNs   *ebpf.VariableSpec `ebpf:"gc_interval_ns"`
 	HaveClockTypes *ebpf.VariableSpec `ebpf:"have_clock_types"`
 	NicClock       *ebpf.VariableSpec `ebpf:"nic_clock"`
 	SaverSlot      *ebpf.VariableSpec `ebpf:"saver_slot"`
-	TableMask      *ebpf.VariableSpec `ebpf:"table_mask"`
 	TtlUnits       *ebpf.VariableSpec `ebpf:"ttl_units"`
 	VxlanPortA     *ebpf.VariableSpec `ebpf:"vxlan_port_a"`
 	VxlanPortB     *ebpf.VariableSpec `ebpf:"vxlan_port_b"`
@@ -199,6 +206,7 @@ type TsnMaps struct {
 	TsnSlots    *ebpf.Map `ebpf:"tsn_slots"`
 	TsnStats    *ebpf.Map `ebpf:"tsn_stats"`
 	TsnTable    *ebpf.Map `ebpf:"tsn_table"`
+	TsnWays     *ebpf.Map `ebpf:"tsn_ways"`
 }
 
 func (m *TsnMaps) Close() error {
@@ -208,6 +216,7 @@ func (m *TsnMaps) Close() error {
 		m.TsnSlots,
 		m.TsnStats,
 		m.TsnTable,
+		m.TsnWays,
 	)
 }
 
@@ -215,11 +224,11 @@ func (m *TsnMaps) Close() error {
 //
 // It can be passed to LoadTsnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TsnVariables struct {
+	BucketMask     *ebpf.Variable `ebpf:"bucket_mask"`
 	GcIntervalNs   *ebpf.Variable `ebpf:"gc_interval_ns"`
 	HaveClockTypes *ebpf.Variable `ebpf:"have_clock_types"`
 	NicClock       *ebpf.Variable `ebpf:"nic_clock"`
 	SaverSlot      *ebpf.Variable `ebpf:"saver_slot"`
-	TableMask      *ebpf.Variable `ebpf:"table_mask"`
 	TtlUnits       *ebpf.Variable `ebpf:"ttl_units"`
 	VxlanPortA     *ebpf.Variable `ebpf:"vxlan_port_a"`
 	VxlanPortB     *ebpf.Variable `ebpf:"vxlan_port_b"`

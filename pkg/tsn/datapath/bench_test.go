@@ -1,7 +1,9 @@
 package datapath_test
 
 import (
+	"os"
 	"sort"
+	"strconv"
 	"testing"
 	"time"
 
@@ -24,7 +26,7 @@ func BenchmarkDatapath(b *testing.B) {
 	needRoot(b)
 	ctx := testCtx(b)
 	n := newNode(b, netemu.Routed, 1)
-	m := openManager(b, n, pinDir(b))
+	m := openManager(b, n, pinDir(b), benchOpts()...)
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		b.Skipf("BPF run statistics: %v", err)
@@ -159,3 +161,11 @@ func BenchmarkAttachSaver(b *testing.B) {
 	}
 }
 
+func benchOpts() []datapath.Option {
+	var o []datapath.Option
+	if v := os.Getenv("TSN_BENCH_MAX_PODS"); v != "" {
+		n, _ := strconv.Atoi(v)
+		o = append(o, datapath.WithMaxPods(uint32(n)))
+	}
+	return o
+}

@@ -47,7 +47,7 @@ type saverState struct {
 
 // bpf map names, as pinned.
 var sharedMaps = []string{
-	bpf.TsnMapTsnTable, bpf.TsnMapTsnPolicies, bpf.TsnMapTsnSlots,
+	bpf.TsnMapTsnTable, bpf.TsnMapTsnWays, bpf.TsnMapTsnPolicies, bpf.TsnMapTsnSlots,
 	bpf.TsnMapTsnStats, bpf.TsnMapTsnGcTimer,
 }
 
@@ -135,8 +135,9 @@ func (m *Manager) load() error {
 		return fmt.Errorf("load eBPF spec: %w", err)
 	}
 	o := m.opts
-	entries := tableEntries(o.maxPods, o.quota)
-	spec.Maps[bpf.TsnMapTsnTable].MaxEntries = entries
+	buckets := tableBuckets(o.maxPods, o.quota)
+	spec.Maps[bpf.TsnMapTsnTable].MaxEntries = buckets
+	spec.Maps[bpf.TsnMapTsnWays].MaxEntries = buckets * ways
 	spec.Maps[bpf.TsnMapTsnPolicies].MaxEntries = o.maxPods
 	spec.Maps[bpf.TsnMapTsnSlots].MaxEntries = o.maxPods
 	spec.Maps[bpf.TsnMapTsnStats].MaxEntries = o.maxPods * prioBuckets
@@ -148,7 +149,7 @@ func (m *Manager) load() error {
 		bpf.TsnVarVxlanPortA:     o.vxlanPorts[0],
 		bpf.TsnVarVxlanPortB:     o.vxlanPorts[1],
 		bpf.TsnVarNicClock:       uint8(o.nicClock),
-		bpf.TsnVarTableMask:      entries - 1,
+		bpf.TsnVarBucketMask:     buckets - 1,
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
@@ -563,11 +564,13 @@ func (m *Manager) InFlight(podUID string) (pod uint32, total int, err error) {
 		return 0, 0, err
 	}
 	var k uint32
-	var e bpf.TsnTsnEntry
+	var b bpf.TsnTsnBucket
 	it := m.maps[bpf.TsnMapTsnTable].Iterate()
-	for it.Next(&k, &e) {
-		if e.State&stateMask == stateReady {
-			total++
+	for it.Next(&k, &b) {
+		for _, s := range b.State {
+			if s&stateMask == stateReady {
+				total++
+			}
 		}
 	}
 	return st.Inflight, total, it.Err()
@@ -660,20 +663,24 @@ func probePacket() []byte {
 	return p
 }
 
-// Entry states in tsn_entry.state (see bpf/tsn.c).
+// Entry states in tsn_bucket.state (see bpf/tsn.c).
 const (
 	stateMask  = 3
 	stateReady = 2
 )
 
-// tableEntries sizes the shared table: four times the sum of all quotas,
-// rounded up to a power of two, so that with four ways per bucket a packet
-// rarely finds its bucket full (a counted miss, never a wrong restore): at
-// most 1/4 of the entries can be live, and one pod at its quota fills a tiny
-// fraction.
-func tableEntries(maxPods, quota uint32) uint32 {
-	want := uint64(maxPods) * uint64(quota) * 4
-	n := uint32(2)
+// ways per bucket, as in bpf/tsn.c.
+const ways = 4
+
+// tableBuckets sizes the shared table: room for twice the sum of all quotas
+// (four ways per bucket), in a power of two of buckets, so that a packet
+// rarely finds its bucket full (a counted miss, never a wrong restore): at most
+// half of the entries can be live, and one pod at its quota fills a small
+// fraction. The table's footprint is what the per-packet cost depends on most
+// (cache and TLB misses): see docs/datapath.md.
+func tableBuckets(maxPods, quota uint32) uint32 {
+	want := uint64(maxPods) * uint64(quota) * 2 / ways
+	n := uint32(1)
 	for uint64(n) < want {
 		n <<= 1
 	}
