@@ -46,15 +46,16 @@ type report struct {
 // kernel, so they include the receiver's own scheduling delay.
 type streamStats struct {
 	Stream   string `json:"stream"`
+	Tag      uint32 `json:"tag"`
 	Priority uint32 `json:"priority"`
 	Packets  uint64 `json:"packets"`
 	Bytes    uint64 `json:"bytes"`
-	FirstSeq uint64 `json:"first_seq"`
-	MaxSeq   uint64 `json:"max_seq"`
+	FirstSeq uint32 `json:"first_seq"`
+	MaxSeq   uint32 `json:"max_seq"`
 	// Missing counts sequence numbers between the lowest and highest seen that
 	// never arrived; MissingRanges lists the first of them as [from, to].
 	Missing       uint64      `json:"missing"`
-	MissingRanges [][2]uint64 `json:"missing_ranges,omitempty"`
+	MissingRanges [][2]uint32 `json:"missing_ranges,omitempty"`
 	Duplicates    uint64      `json:"duplicates"`
 	// Reordered counts packets that arrived after one with a higher sequence number.
 	Reordered uint64 `json:"reordered"`
@@ -66,7 +67,7 @@ type streamStats struct {
 	SinceSent     durations  `json:"since_sent_ns"`
 
 	seen   []uint64 // bitmap of seen sequence numbers
-	minSeq uint64
+	minSeq uint32
 }
 
 // durations summarises signed nanosecond intervals.
@@ -92,6 +93,7 @@ func (d *durations) add(v int64) {
 
 type streamKey struct {
 	stream   string
+	tag      uint32
 	priority uint32
 }
 
@@ -116,10 +118,10 @@ func (r *recorder) record(b []byte, arrival int64) {
 		return
 	}
 	r.rep.Packets++
-	k := streamKey{h.Stream, h.Priority}
+	k := streamKey{h.Stream, h.Tag, h.Priority}
 	s := r.streams[k]
 	if s == nil {
-		s = &streamStats{Stream: h.Stream, Priority: h.Priority, FirstSeq: h.Seq, minSeq: h.Seq, MaxSeq: h.Seq}
+		s = &streamStats{Stream: h.Stream, Tag: h.Tag, Priority: h.Priority, FirstSeq: h.Seq, minSeq: h.Seq, MaxSeq: h.Seq}
 		r.streams[k] = s
 	}
 	s.Packets++
@@ -162,7 +164,8 @@ func (r *recorder) finish() *report {
 	for _, s := range r.streams {
 		s.Missing, s.MissingRanges = 0, nil
 		hi := min(s.MaxSeq, maxTrackedSeq-1)
-		for seq := s.minSeq; seq <= hi && len(s.seen) > 0; seq++ {
+		for seq64 := uint64(s.minSeq); seq64 <= uint64(hi) && len(s.seen) > 0; seq64++ {
+			seq := uint32(seq64)
 			if s.seen[seq/64]&(1<<(seq%64)) != 0 {
 				continue
 			}
@@ -170,13 +173,13 @@ func (r *recorder) finish() *report {
 			if n := len(s.MissingRanges); n > 0 && s.MissingRanges[n-1][1] == seq-1 {
 				s.MissingRanges[n-1][1] = seq
 			} else if n < maxRanges {
-				s.MissingRanges = append(s.MissingRanges, [2]uint64{seq, seq})
+				s.MissingRanges = append(s.MissingRanges, [2]uint32{seq, seq})
 			}
 		}
 		r.rep.Streams = append(r.rep.Streams, s)
 	}
 	slices.SortFunc(r.rep.Streams, func(a, b *streamStats) int {
-		return cmp.Or(cmp.Compare(a.Stream, b.Stream), cmp.Compare(a.Priority, b.Priority))
+		return cmp.Or(cmp.Compare(a.Stream, b.Stream), cmp.Compare(a.Tag, b.Tag), cmp.Compare(a.Priority, b.Priority))
 	})
 	return &r.rep
 }

@@ -23,7 +23,7 @@ func packet(t *testing.T, h payload.Header) []byte {
 func TestRecorderGapsDuplicatesReorderAndTimes(t *testing.T) {
 	r := newRecorder("test")
 	// stream a, priority 1: 0 1 2 5 4 4 9 (missing 3, 6-8; 4 reordered; one duplicate)
-	for _, seq := range []uint64{0, 1, 2, 5, 4, 4, 9} {
+	for _, seq := range []uint32{0, 1, 2, 5, 4, 4, 9} {
 		r.record(packet(t, payload.Header{Priority: 1, Seq: seq, SentTime: 1000, Stream: "a"}), 1500)
 	}
 	// stream a, priority 2 with launch times: one early, one late.
@@ -41,7 +41,7 @@ func TestRecorderGapsDuplicatesReorderAndTimes(t *testing.T) {
 	if s.Stream != "a" || s.Priority != 1 || s.Packets != 7 || s.FirstSeq != 0 || s.MaxSeq != 9 {
 		t.Fatalf("stream %+v", s)
 	}
-	if s.Missing != 4 || len(s.MissingRanges) != 2 || s.MissingRanges[0] != [2]uint64{3, 3} || s.MissingRanges[1] != [2]uint64{6, 8} {
+	if s.Missing != 4 || len(s.MissingRanges) != 2 || s.MissingRanges[0] != [2]uint32{3, 3} || s.MissingRanges[1] != [2]uint32{6, 8} {
 		t.Errorf("missing %d %v, want 4 in [3 3] [6 8]", s.Missing, s.MissingRanges)
 	}
 	if s.Duplicates != 1 || s.Reordered != 1 {
@@ -67,7 +67,7 @@ func TestRecorderBounds(t *testing.T) {
 	r.record(packet(t, payload.Header{Seq: maxTrackedSeq + 5, Stream: "big"}), 0)
 	r.record(packet(t, payload.Header{Seq: 0, Stream: "many"}), 0)
 	r.record(packet(t, payload.Header{Seq: 100, Stream: "many"}), 0)
-	for seq := uint64(200); seq < 300; seq += 2 {
+	for seq := uint32(200); seq < 300; seq += 2 {
 		r.record(packet(t, payload.Header{Seq: seq, Stream: "many"}), 0)
 	}
 	rep := r.finish()
@@ -98,7 +98,7 @@ func TestReceivesUntilCount(t *testing.T) {
 	}
 	defer conn.Close()
 	conn.Write([]byte("foreign datagrams do not count"))
-	for seq := range uint64(5) {
+	for seq := range uint32(5) {
 		conn.Write(packet(t, payload.Header{Priority: 3, Seq: seq, Stream: "c"}))
 	}
 	select {
@@ -128,5 +128,15 @@ func TestStopsAfterDuration(t *testing.T) {
 	}
 	if _, err := run(context.Background(), config{listen: "256.0.0.1:0"}, log.New(io.Discard, "", 0), nil); err == nil {
 		t.Error("listening on a bad address succeeded")
+	}
+}
+
+func TestStreamsAreKeyedByTagToo(t *testing.T) {
+	r := newRecorder("test")
+	r.record(packet(t, payload.Header{Tag: 1, Stream: "same"}), 0)
+	r.record(packet(t, payload.Header{Tag: 2, Stream: "same"}), 0)
+	rep := r.finish()
+	if len(rep.Streams) != 2 || rep.Streams[0].Tag != 1 || rep.Streams[1].Tag != 2 {
+		t.Errorf("streams %+v, want one per tag", rep.Streams)
 	}
 }

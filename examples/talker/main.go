@@ -5,6 +5,8 @@
 // that records the priority and launch time the talker asked for and a sequence
 // number, so the receiver or an observer on the wire can check what arrived.
 //
+// Sequence numbers are 32 bits and wrap after 2^32 packets.
+//
 // It stops after -count packets, after -duration, or on SIGTERM/SIGINT, and
 // prints a JSON summary of what it sent on stdout.
 package main
@@ -17,10 +19,13 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/examples/internal/payload"
 )
 
 func main() {
@@ -60,8 +65,17 @@ func parseFlags(fs *flag.FlagSet, args []string) (config, error) {
 	fs.DurationVar(&cfg.txtimeOffset, "txtime-offset", 500*time.Microsecond, "with -txtime: how far ahead of the send call the launch time lies")
 	fs.BoolVar(&cfg.deadline, "txtime-deadline", false, "with -txtime: set SOF_TXTIME_DEADLINE_MODE (launch time is a deadline)")
 	fs.StringVar(&cfg.stream, "stream", truncate(host, maxStream), fmt.Sprintf("stream name written into every payload (at most %d bytes)", maxStream))
+	tag := fs.Int64("tag", -1, "stream tag written into every payload (the data path observer's flow), -1 for a hash of -stream")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
+	}
+	switch {
+	case *tag == -1:
+		cfg.tag = payload.TagOf(cfg.stream)
+	case *tag < 0 || *tag > math.MaxUint32:
+		return cfg, fmt.Errorf("-tag %d: must be -1 or in [0, %d]", *tag, uint32(math.MaxUint32))
+	default:
+		cfg.tag = uint32(*tag)
 	}
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments: %v", fs.Args())

@@ -42,6 +42,7 @@ type config struct {
 	txtimeOffset time.Duration
 	deadline     bool
 	stream       string
+	tag          uint32
 }
 
 func (c config) validate() error {
@@ -76,6 +77,7 @@ func (c config) validate() error {
 // summary is what the talker prints when it stops.
 type summary struct {
 	Stream      string `json:"stream"`
+	Tag         uint32 `json:"tag"`
 	Dest        string `json:"dest"`
 	Priority    uint32 `json:"priority"`
 	PrioritySet bool   `json:"priority_set"`
@@ -117,7 +119,7 @@ func run(ctx context.Context, cfg config, logger *log.Logger) (*summary, error) 
 	if err != nil {
 		return nil, fmt.Errorf("raw socket: %w", err)
 	}
-	sum := &summary{Stream: cfg.stream, Dest: raddr.String(), Txtime: cfg.txtime, PeriodNs: cfg.period.Nanoseconds()}
+	sum := &summary{Stream: cfg.stream, Tag: cfg.tag, Dest: raddr.String(), Txtime: cfg.txtime, PeriodNs: cfg.period.Nanoseconds()}
 	if err := configureSocket(rc, cfg, sum); err != nil {
 		return nil, err
 	}
@@ -156,7 +158,7 @@ func run(ctx context.Context, cfg config, logger *log.Logger) (*summary, error) 
 		if sent > slot {
 			sum.LateWakeups++
 		}
-		h := payload.Header{Priority: sum.Priority, Seq: seq, SentTime: sent, Stream: cfg.stream}
+		h := payload.Header{Tag: cfg.tag, Priority: sum.Priority, Seq: uint32(seq), SentTime: sent, Stream: cfg.stream}
 		var cmsg []byte
 		if cfg.txtime {
 			h.Flags |= payload.FlagTxtime

@@ -51,7 +51,7 @@ func TestSendsPeriodicPacketsWithPriorityAndLaunchTime(t *testing.T) {
 	period := 2 * time.Millisecond
 	offset := 20 * time.Millisecond
 	cfg := config{dest: conn.LocalAddr().String(), period: period, count: n, size: 200,
-		priority: 5, txtime: true, txtimeOffset: offset, stream: "unit"}
+		priority: 5, txtime: true, txtimeOffset: offset, stream: "unit", tag: payload.TagOf("unit")}
 	sum, err := run(context.Background(), cfg, quiet())
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +67,7 @@ func TestSendsPeriodicPacketsWithPriorityAndLaunchTime(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("only %d of %d packets arrived", i, n)
 		}
-		if h.Seq != uint64(i) || h.Priority != 5 || !h.Txtime() || h.Stream != "unit" {
+		if h.Seq != uint32(i) || h.Tag != payload.TagOf("unit") || h.Priority != 5 || !h.Txtime() || h.Stream != "unit" {
 			t.Fatalf("packet %d: header %+v", i, h)
 		}
 		// Launch times lie on period boundaries, one period apart, and ahead of the send.
@@ -153,6 +153,8 @@ func TestFlagValidation(t *testing.T) {
 		{"-dest", "x:1", "-txtime", "-txtime-offset", "0s"},
 		{"-dest", "x:1", "-stream", "a-name-longer-than-16"},
 		{"-dest", "x:1", "extra"},
+		{"-dest", "x:1", "-tag", "4294967296"},
+		{"-dest", "x:1", "-tag", "-2"},
 	} {
 		fs := flag.NewFlagSet("talker", flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
@@ -165,10 +167,21 @@ func TestFlagValidation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.priority != 2 || !cfg.txtime || cfg.period != 500*time.Microsecond || cfg.size != 64 {
+	if cfg.priority != 2 || !cfg.txtime || cfg.period != 500*time.Microsecond || cfg.size != 64 || cfg.tag != payload.TagOf(cfg.stream) {
 		t.Errorf("parsed %+v", cfg)
 	}
 	if _, err := run(context.Background(), config{dest: "no-such-host.invalid:1", period: time.Millisecond, size: 64, priority: -1}, quiet()); err == nil {
 		t.Error("run with an unresolvable destination succeeded")
+	}
+}
+
+func TestExplicitTag(t *testing.T) {
+	fs := flag.NewFlagSet("talker", flag.ContinueOnError)
+	cfg, err := parseFlags(fs, []string{"-dest", "10.0.0.1:7788", "-tag", "4294967295"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.tag != 4294967295 {
+		t.Errorf("tag %d", cfg.tag)
 	}
 }
