@@ -82,8 +82,11 @@ kernel_dir() {
 # --- initramfs ----------------------------------------------------------------
 # Modules the tests need; their dependencies are added from modinfo. Modules built
 # into a kernel are skipped.
+# xfrm_user and nfnetlink: vishvananda/netlink's NewHandle opens XFRM and netfilter
+# sockets unless told which families to use, and fails without them.
 modules=(virtio_pci 9pnet_virtio 9p veth sch_taprio sch_etf sch_mqprio sch_cbs sch_prio
-	sch_htb sch_ingress cls_bpf cls_u32 act_bpf act_gact bridge vxlan dummy ${VMTEST_EXTRA_MODULES:-})
+	sch_htb sch_ingress sch_fq_codel cls_bpf cls_u32 act_bpf act_gact bridge vxlan dummy
+	xfrm_user nfnetlink ${VMTEST_EXTRA_MODULES:-})
 
 # module_order KDIR VERSION: prints .ko paths with dependencies first.
 module_order() {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 
 	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
@@ -243,4 +244,27 @@ func (c *Client) ethtool() (*ethtool.Ethtool, error) {
 		return nil, fmt.Errorf("open ethtool socket: %w", eerr)
 	}
 	return e, nil
+}
+
+// probeKinds are the kinds HasKind may probe: the kernel refuses each of them
+// without options, so the probe never changes the device.
+var probeKinds = []string{"taprio", "etf", "mqprio", "cbs", "htb", "tbf"}
+
+// HasKind reports whether the kernel knows the qdisc kind (one of taprio, etf,
+// mqprio, cbs, htb, tbf), without changing the device: a request without options
+// is refused with ENOENT ("Specified qdisc kind is unknown") when the kind is
+// missing, and with another error (no options) when it is there. The kernel
+// autoloads a module it can find.
+func (c *Client) HasKind(ifindex int, kind string) (bool, error) {
+	if !slices.Contains(probeKinds, kind) {
+		return false, fmt.Errorf("cannot probe qdisc kind %q: only %v", kind, probeKinds)
+	}
+	err := c.replaceRaw(ifindex, Installed{Kind: kind, Handle: MakeHandle(0x7fff, 0), Parent: HandleRoot})
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return false, nil
+	case err == nil:
+		return true, fmt.Errorf("probing %s without options created a qdisc on ifindex %d", kind, ifindex)
+	}
+	return true, nil
 }
