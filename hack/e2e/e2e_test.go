@@ -18,6 +18,8 @@ import (
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/cluster"
 	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/images"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/observe"
 )
 
 const defaultBin = "/var/cache/tsn-dra-driver/e2e-v1/bin"
@@ -84,9 +86,14 @@ func TestE2E(t *testing.T) {
 		dumpOnFailure(t)
 		rcv := startReceiver(ctx, t, c, receiver)
 		const n = 200
+		obs, err := observe.Attach(fmt.Sprintf("/proc/%d/ns/net", c.NodePID()), cluster.TSNInterface, datapath.ModeTCX)
+		if err != nil {
+			t.Fatalf("attaching the observer at %s egress: %v", cluster.TSNInterface, err)
+		}
+		defer obs.Close()
 		pods := []talkerPod{
-			{name: "talker-prio1", stream: "prio1", args: []string{"-priority", "1"}},
-			{name: "talker-prio2-txtime", stream: "prio2-txtime", args: []string{"-priority", "2", "-txtime", "-txtime-offset", "1ms"}, netAdmin: true},
+			{name: "talker-prio1", stream: "prio1", tag: 1, args: []string{"-priority", "1"}},
+			{name: "talker-prio2-txtime", stream: "prio2-txtime", tag: 2, args: []string{"-priority", "2", "-txtime", "-txtime-offset", "1ms"}, netAdmin: true},
 		}
 		for _, p := range pods {
 			apply(ctx, t, c, p.manifest(n))
@@ -124,6 +131,21 @@ func TestE2E(t *testing.T) {
 			if strings.Contains(p.stream, "txtime") != (s.TxtimePackets == n) {
 				t.Errorf("stream %s: %d packets with a launch time", p.stream, s.TxtimePackets)
 			}
+			// Without the driver, what leaves tsn0 is what the kernel makes of
+			// a pod's packets: the priority is scrubbed to 0, CLOCK_TAI launch
+			// times survive (Linux >= 6.x keeps the tstamp's clock type).
+			r, err := obs.Result(p.tag)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("observer at %s egress, stream %s: %+v", cluster.TSNInterface, p.stream, r)
+			if r.Total != n || r.ByGot[0] != n {
+				t.Errorf("stream %s at %s egress: %d packets, %d with priority 0; want %d and %d (no driver: priority scrubbed)",
+					p.stream, cluster.TSNInterface, r.Total, r.ByGot[0], n, n)
+			}
+			if p.netAdmin && r.TxTimeRight != n {
+				t.Errorf("stream %s at %s egress: %d of %d launch times carried", p.stream, cluster.TSNInterface, r.TxTimeRight, n)
+			}
 		}
 		for _, p := range pods {
 			if _, err := c.Kubectl(ctx, "delete", "pod", p.name, "--wait=true", "--timeout=60s"); err != nil {
@@ -147,6 +169,7 @@ func TestE2E(t *testing.T) {
 
 type talkerPod struct {
 	name, stream string
+	tag          uint32 // the data path observer's flow
 	args         []string
 	// netAdmin adds CAP_NET_ADMIN: SO_TXTIME on CLOCK_TAI needs it.
 	netAdmin bool
@@ -154,7 +177,7 @@ type talkerPod struct {
 
 func (p talkerPod) manifest(count int) string {
 	args := append([]string{"-dest", fmt.Sprintf("%s:%d", cluster.WireAddr, receiverPort), "-count", fmt.Sprint(count),
-		"-period", "1ms", "-stream", p.stream}, p.args...)
+		"-period", "1ms", "-stream", p.stream, "-tag", fmt.Sprint(p.tag)}, p.args...)
 	quoted := make([]string, len(args))
 	for i, a := range args {
 		quoted[i] = fmt.Sprintf("%q", a)
