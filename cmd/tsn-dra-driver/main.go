@@ -172,7 +172,7 @@ func run(ctx context.Context, f *flags) error {
 	logger.Info("Shutting down", "cause", cause)
 	stopWatching() // 1
 	wg.Wait()
-	d.Stop() // 2, 3
+	d.Stop()        // 2, 3
 	if srv != nil { // 4
 		sctx, scancel := context.WithTimeout(context.Background(), f.shutdownWindow)
 		defer scancel()
