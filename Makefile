@@ -12,7 +12,7 @@ CNI_PLUGINS_VERSION ?= v1.9.1
 CNI_PATH  ?= /var/cache/tsn-dra-driver/cni-$(CNI_PLUGINS_VERSION)
 export CNI_PATH
 
-.PHONY: all build test test-unit lint generate demo clean cni-plugins e2e e2e-build e2e-cluster
+.PHONY: all build test test-unit lint generate demo bench-datapath clean cni-plugins e2e e2e-build e2e-cluster
 
 all: build
 
@@ -36,6 +36,18 @@ lint:
 ## generate: rebuild the eBPF objects with clang (bpf2go) and other generated code.
 generate:
 	$(GO) generate ./...
+
+## demo: an emulated TSN node in namespaces: per priority, what leaves tsn0 without and with the proxy (root).
+demo:
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+	$(GO) run ./cmd/tsn-demo
+
+## bench-datapath: eBPF data path: ns per program (BPF run stats), sender CPU per packet with and
+##   without the proxy, wrong restores, and AttachSaver latency (root; see docs/datapath.md).
+bench-datapath:
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+	$(GO) test -run '^$$' -bench '^BenchmarkDatapath$$' -benchtime 40000x -count=1 ./pkg/tsn/datapath/
+	$(GO) test -run '^$$' -bench '^BenchmarkAttachSaver$$' -benchtime 50x -count=1 ./pkg/tsn/datapath/
 
 ## cni-plugins: install the bridge, host-local and loopback CNI plugins into $(CNI_PATH).
 cni-plugins: $(CNI_PATH)/bridge $(CNI_PATH)/host-local $(CNI_PATH)/loopback

@@ -248,6 +248,20 @@ func (m *Manager) prepare(ctx context.Context) {
 	}()
 }
 
+// pickSlotLocked returns a free slot, one with a prepared program if any.
+func (m *Manager) pickSlotLocked() (uint32, error) {
+	free := m.freeSlotsLocked(int(m.opts.maxPods))
+	if len(free) == 0 {
+		return 0, fmt.Errorf("all %d slots in use (WithMaxPods)", m.opts.maxPods)
+	}
+	for _, slot := range free {
+		if m.prepared[slot] != nil {
+			return slot, nil
+		}
+	}
+	return free[0], nil
+}
+
 func (m *Manager) freeSlotsLocked(n int) []uint32 {
 	used := make(map[uint32]bool, len(m.savers))
 	for _, s := range m.savers {
@@ -404,16 +418,14 @@ func (m *Manager) AttachSaver(ctx context.Context, podUID, netnsPath, ifname str
 		}
 	}
 
-	free := m.freeSlotsLocked(1)
-	if len(free) == 0 {
-		return fmt.Errorf("attach saver for pod %s: all %d slots in use (WithMaxPods)", podUID, m.opts.maxPods)
+	slot, err := m.pickSlotLocked()
+	if err != nil {
+		return fmt.Errorf("attach saver for pod %s: %w", podUID, err)
 	}
-	slot := free[0]
 	prog, ok := m.prepared[slot]
 	if ok {
 		delete(m.prepared, slot)
 	} else {
-		var err error
 		if prog, err = m.loadSaver(slot); err != nil {
 			return err
 		}
