@@ -33,6 +33,9 @@ type PodPlan struct {
 	Policy datapath.Policy
 	// Claims names the claims (namespace/name) the plan comes from, for logs.
 	Claims []string
+	// Err, when set, says why the pod's claims give no usable plan (they
+	// contradict each other); the pod's sandbox then fails with it.
+	Err error
 }
 
 // PlanSource answers, for a pod, what its prepared claims ask of the data
@@ -153,6 +156,9 @@ func (h *Hooks) attach(ctx context.Context, pod *api.PodSandbox) (bool, error) {
 		return false, nil
 	}
 	logger := klog.LoggerWithValues(klog.FromContext(ctx), "pod", klog.KRef(pod.GetNamespace(), pod.GetName()), "podUID", pod.GetUid(), "claims", plan.Claims)
+	if plan.Err != nil {
+		return true, fmt.Errorf("pod %s/%s: %w", pod.GetNamespace(), pod.GetName(), plan.Err)
+	}
 	netns := NetworkNamespace(pod)
 	if netns == "" {
 		return true, fmt.Errorf("pod %s/%s claims TSN traffic classes but uses the host network: the saver needs a pod network namespace", pod.GetNamespace(), pod.GetName())

@@ -266,7 +266,13 @@ func TestRunPodSandboxAttachesPlannedPodsOnly(t *testing.T) {
 }
 
 func TestRunPodSandboxFailsClaimedPodThatCannotBeProtected(t *testing.T) {
-	e := newEnv(t, map[string]nrihooks.PodPlan{"host": plan1, "a": plan1}, nil)
+	bad := plan1
+	bad.Err = errors.New("claims contradict")
+	e := newEnv(t, map[string]nrihooks.PodPlan{"host": plan1, "a": plan1, "bad": bad}, nil)
+
+	if err := e.rt.runPod(pod("bad", "/var/run/netns/bad")); err == nil || !errContains(err, "pod default/pod-bad: claims contradict") {
+		t.Fatalf("RunPodSandbox(pod with an unusable plan) = %v, want the plan's error", err)
+	}
 
 	err := e.rt.runPod(pod("host", ""))
 	if err == nil || !errContains(err, "uses the host network") {

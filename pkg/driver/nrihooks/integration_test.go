@@ -14,14 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/containerd/nri/pkg/api"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/tsn-dra-driver/tsn-dra-driver/bpf"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nrihooks"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
@@ -375,6 +373,8 @@ func TestPodsThroughNRI(t *testing.T) {
 	}
 
 	// Pods go: nothing of theirs remains.
+	requireNoEntries(t, d.mgr, "a")
+	requireNoEntries(t, d.mgr, "c")
 	for _, uid := range []string{"a", "b", "c"} {
 		if err := rt2.stopPod(pods[uid]); err != nil {
 			t.Fatalf("StopPodSandbox(%s): %v", uid, err)
@@ -387,7 +387,12 @@ func TestPodsThroughNRI(t *testing.T) {
 	if savers, _ := d.mgr.Savers(); len(savers) != 0 {
 		t.Fatalf("savers after the pods went: %v", saverUIDs(savers))
 	}
-	requireNothingLeft(t, pinDir)
+	requireNoSaverPins(t, pinDir)
+	for _, uid := range []string{"a", "c"} {
+		if _, err := d.mgr.Counters(uid); err == nil {
+			t.Errorf("pod %s still has a policy slot after it went", uid)
+		}
+	}
 }
 
 // TestHookLatency measures RunPodSandbox and StopPodSandbox through NRI for
@@ -461,46 +466,38 @@ func saverUIDs(s []datapath.SaverInfo) []string {
 	return out
 }
 
-// requireNothingLeft checks that no saver pin and no saved entry remains
-// in the data path's pin dir (entries of packets that never reached the NIC
-// expire within the TTL).
-func requireNothingLeft(t *testing.T, pinDir string) {
+// requireNoEntries waits until the pod holds no saved entry in the data
+// path's map (its packets were restored, or expired within the TTL).
+func requireNoEntries(t *testing.T, mgr *datapath.Manager, uid string) {
 	t.Helper()
-	ents, err := os.ReadDir(filepath.Join(pinDir, "savers"))
-	if err != nil {
-		t.Fatalf("read saver pins: %v", err)
-	}
-	if len(ents) != 0 {
-		var names []string
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		t.Errorf("saver pins left after the pods went: %v", names)
-	}
-	meta, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", bpf.TsnMapTsnMeta), nil)
-	if err != nil {
-		t.Fatalf("open pinned metadata map: %v", err)
-	}
-	defer meta.Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		n := 0
-		var k bpf.TsnTsnKey
-		var v bpf.TsnTsnVal
-		it := meta.Iterate()
-		for it.Next(&k, &v) {
-			n++
-		}
-		if it.Err() != nil {
-			t.Fatalf("iterate metadata map: %v", it.Err())
+		n, _, err := mgr.InFlight(uid)
+		if err != nil {
+			t.Fatalf("entries of pod %s: %v", uid, err)
 		}
 		if n == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Errorf("%d saved entries left in the metadata map 5s after the pods went", n)
-			return
+			t.Fatalf("pod %s still holds %d saved entries 5s after its traffic", uid, n)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// requireNoSaverPins checks that no saver is pinned under the pin dir.
+func requireNoSaverPins(t *testing.T, pinDir string) {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(pinDir, "savers"))
+	if err != nil {
+		t.Fatalf("read saver pins: %v", err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if len(names) != 0 {
+		t.Errorf("saver pins left after the pods went: %v", names)
 	}
 }
