@@ -12,7 +12,7 @@ CNI_PLUGINS_VERSION ?= v1.9.1
 CNI_PATH  ?= /var/cache/tsn-dra-driver/cni-$(CNI_PLUGINS_VERSION)
 export CNI_PATH
 
-.PHONY: all build test test-unit lint generate demo bench-datapath clean cni-plugins e2e e2e-build e2e-cluster
+.PHONY: all build test test-unit lint generate demo bench-datapath clean cni-plugins e2e e2e-build e2e-cluster vmtest
 
 all: build
 
@@ -68,6 +68,12 @@ e2e: e2e-build
 ## e2e-cluster: start the e2e cluster and keep it up until Ctrl-C (root; see docs/e2e.md).
 e2e-cluster: e2e-build
 	cd hack/e2e && $(GO) run ./cmd/e2e-cluster -repo $(CURDIR)
+
+## vmtest: the kernel tests (taprio, etf, mqprio, data path on clsact + fexit, seed experiment) as root
+##   inside Debian's 6.1 generic and PREEMPT_RT kernels under qemu (root; see docs/vmtest.md).
+##   VMTEST_PACKAGES, VMTEST_KERNELS and VMTEST_RUN narrow it down.
+vmtest:
+	GO=$(GO) hack/vmtest/vmtest.sh
 
 clean:
 	rm -rf $(BIN)
