@@ -32,9 +32,15 @@ func GoBuild(ctx context.Context, dir, pkg, out string) error {
 	return nil
 }
 
+// Driver is the reference the driver image gets besides those passed to Build.
+const Driver = "tsn-e2e.local/tsn-dra-driver:e2e"
+
 // Build writes the pause and examples images into one archive for
-// cluster.ImportImages. repo is the repository root.
-func Build(ctx context.Context, repo, archive string) error {
+// cluster.ImportImages. repo is the repository root. With driverRefs, it also
+// builds ./cmd/tsn-dra-driver into an image tagged Driver and every one of
+// driverRefs (the references the manifests in deployments/ use, so they run
+// the local build unchanged).
+func Build(ctx context.Context, repo, archive string, driverRefs ...string) error {
 	tmp, err := os.MkdirTemp("", "tsn-e2e-images-")
 	if err != nil {
 		return err
@@ -64,5 +70,23 @@ func Build(ctx context.Context, repo, archive string) error {
 	if err != nil {
 		return err
 	}
-	return image.WriteArchive(archive, map[string]v1.Image{cluster.PauseImage: pause, Examples: examples})
+	all := map[string]v1.Image{cluster.PauseImage: pause, Examples: examples}
+	if len(driverRefs) > 0 {
+		bin := filepath.Join(tmp, "tsn-dra-driver")
+		if err := GoBuild(ctx, repo, "./cmd/tsn-dra-driver", bin); err != nil {
+			return err
+		}
+		drv, err := image.Build(image.Spec{
+			Files:      []image.File{{Src: bin, Dst: "/tsn-dra-driver"}},
+			Entrypoint: []string{"/tsn-dra-driver"},
+		})
+		if err != nil {
+			return err
+		}
+		all[Driver] = drv
+		for _, ref := range driverRefs {
+			all[ref] = drv
+		}
+	}
+	return image.WriteArchive(archive, all)
 }
