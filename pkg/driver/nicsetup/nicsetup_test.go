@@ -6,6 +6,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/config"
 )
 
 // fake records calls to the data path and the qdisc side in one log.
@@ -115,4 +118,60 @@ func TestFailedAcquireRecordsNothingAndUndoes(t *testing.T) {
 	if got := s.Claims("tsn0"); len(got) != 0 {
 		t.Fatalf("a failed acquire recorded claims %v", got)
 	}
+}
+
+func TestClaimHooksAcquireEveryNICOrNone(t *testing.T) {
+	ctx := context.Background()
+	f := &fake{}
+	nics := map[string]config.NIC{
+		"tsn0": {Name: "tsn0", OnLastRelease: config.ReleaseRemove},
+		"tsn1": {Name: "tsn1"},
+	}
+	h := ClaimHooks{Setup: New(f, f), NICs: func(n string) (config.NIC, bool) { c, ok := nics[n]; return c, ok }}
+	claim := driver.PreparedClaim{UID: "c1", Devices: []driver.PreparedDevice{
+		{Device: "tsn0-tc1", NIC: "tsn0", Interface: "eth1"},
+		{Device: "tsn0-tc2", NIC: "tsn0", Interface: "eth1"},
+		{Device: "tsn1-tc1", NIC: "tsn1", Interface: "eth2"},
+	}}
+	if err := h.ClaimPrepared(ctx, claim); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := f.take(), []string{"apply eth1", "ensure-restorer eth1", "apply eth2", "ensure-restorer eth2"}; !slices.Equal(got, want) {
+		t.Fatalf("prepare = %v, want %v (each NIC once)", got, want)
+	}
+	if err := h.ClaimUnprepared(ctx, claim); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := f.take(), []string{"remove-restorer eth1", "remove eth1"}; !slices.Equal(got, want) {
+		t.Fatalf("unprepare = %v, want %v (tsn1 keeps its schedule)", got, want)
+	}
+
+	// tsn1's restorer fails: tsn0, acquired first, is released again.
+	f.ensureErr = nil
+	h.Setup.restorers = &failOn{fake: f, ifname: "eth2"}
+	err := h.ClaimPrepared(ctx, claim)
+	if err == nil || !strings.Contains(err.Error(), "attach the restorer to NIC tsn1 (eth2)") {
+		t.Fatalf("prepare with a failing second NIC = %v", err)
+	}
+	if got := h.Setup.Claims("tsn0"); len(got) != 0 {
+		t.Fatalf("tsn0 still holds %v after the claim failed", got)
+	}
+
+	unknown := driver.PreparedClaim{UID: "c2", Devices: []driver.PreparedDevice{{Device: "x-tc1", NIC: "x"}}}
+	if err := h.ClaimPrepared(ctx, unknown); err == nil || !strings.Contains(err.Error(), "device x-tc1: NIC x is not in the node config") {
+		t.Fatalf("prepare on an unknown NIC = %v", err)
+	}
+}
+
+// failOn fails EnsureRestorer for one interface.
+type failOn struct {
+	*fake
+	ifname string
+}
+
+func (f *failOn) EnsureRestorer(ctx context.Context, ifname string) error {
+	if ifname == f.ifname {
+		return errors.New("boom")
+	}
+	return f.fake.EnsureRestorer(ctx, ifname)
 }
