@@ -184,6 +184,19 @@ func (d *Driver) Start(ctx context.Context) error {
 	return d.publish(ctx)
 }
 
+// NICConfig returns the current node-config entry of the NIC with the given name (for the NIC
+// side: its schedule and what to do when its last claim goes).
+func (d *Driver) NICConfig(name string) (config.NIC, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, n := range d.cfg.NICs {
+		if n.Name == name {
+			return n, true
+		}
+	}
+	return config.NIC{}, false
+}
+
 // Registered reports whether the kubelet has registered the plugin.
 func (d *Driver) Registered() bool {
 	d.mu.Lock()
