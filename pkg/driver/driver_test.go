@@ -11,11 +11,13 @@ import (
 	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/apis/v1alpha1"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/config"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/nic"
 )
 
@@ -97,6 +99,38 @@ func TestDevices(t *testing.T) {
 	bw1 := devs["tsn1-tc1"].Capacity[BandwidthCapacity]
 	if v := bw1.Value.Value(); v != 2_500_000_000 {
 		t.Errorf("tsn1-tc1 bandwidth %d", v)
+	}
+}
+
+func TestBandwidthCapacityPolicy(t *testing.T) {
+	mk := func(def, mn, step string) config.BandwidthRequest {
+		q := func(s string) *resource.Quantity { v := resource.MustParse(s); return &v }
+		return config.BandwidthRequest{Default: q(def), Min: q(mn), Step: q(step)}
+	}
+	for _, tc := range []struct {
+		bps                 uint64
+		policy              config.BandwidthRequest
+		def, min, max, step int64
+	}{
+		// Max rounds down onto the grid from min.
+		{333_333_333, mk("10M", "1M", "1M"), 10_000_000, 1_000_000, 333_000_000, 1_000_000},
+		{333_333_333, mk("2M", "500k", "1500k"), 2_000_000, 500_000, 332_000_000, 1_500_000},
+		// Default above the class: capped at max.
+		{5_500_000, mk("10M", "1M", "1M"), 5_000_000, 1_000_000, 5_000_000, 1_000_000},
+		// Slower than min+step: every request takes the whole class.
+		{1_500_000, mk("1M", "1M", "1M"), 1_500_000, 1_500_000, -1, -1},
+	} {
+		c := bandwidthCapacity(tc.bps, tc.policy)
+		p := c.RequestPolicy
+		get := func(q *resource.Quantity) int64 {
+			if q == nil {
+				return -1
+			}
+			return q.Value()
+		}
+		if c.Value.Value() != int64(tc.bps) || get(p.Default) != tc.def || get(p.ValidRange.Min) != tc.min || get(p.ValidRange.Max) != tc.max || get(p.ValidRange.Step) != tc.step {
+			t.Errorf("%d bit/s: value %v default %d min %d max %d step %d", tc.bps, c.Value.String(), get(p.Default), get(p.ValidRange.Min), get(p.ValidRange.Max), get(p.ValidRange.Step))
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -162,26 +163,30 @@ func (d *classDevice) resourceDevice() resourceapi.Device {
 	return dev
 }
 
-// bandwidthCapacity is the class's bandwidth with its request policy; default and minimum are
-// capped at the capacity so a slow link still yields a valid policy.
+// bandwidthCapacity is the class's bandwidth with its request policy. The API server requires
+// min <= default <= max <= capacity, min+step <= capacity, and default and max on the step grid
+// from min, so max is the capacity rounded down to the grid and default is capped at max. A
+// class slower than min+step gets a fixed policy: every request consumes the whole class.
 func bandwidthCapacity(bps uint64, p config.BandwidthRequest) resourceapi.DeviceCapacity {
-	value := *resource.NewQuantity(int64(bps), resource.DecimalSI)
-	def, min, step := p.Effective()
-	if def.Cmp(value) > 0 {
-		def = value.DeepCopy()
+	value := int64(min(bps, uint64(math.MaxInt64)))
+	q := func(v int64) *resource.Quantity { return resource.NewQuantity(v, resource.DecimalSI) }
+	def, mn, step := p.Effective()
+	d, lo, st := def.Value(), mn.Value(), step.Value()
+	if lo+st > value {
+		return resourceapi.DeviceCapacity{
+			Value:         *q(value),
+			RequestPolicy: &resourceapi.CapacityRequestPolicy{Default: q(value), ValidRange: &resourceapi.CapacityRequestPolicyRange{Min: q(value)}},
+		}
 	}
-	if min.Cmp(value) > 0 {
-		min = value.DeepCopy()
+	hi := lo + (value-lo)/st*st
+	if d > hi {
+		d = hi
 	}
 	return resourceapi.DeviceCapacity{
-		Value: value,
+		Value: *q(value),
 		RequestPolicy: &resourceapi.CapacityRequestPolicy{
-			Default: &def,
-			ValidRange: &resourceapi.CapacityRequestPolicyRange{
-				Min:  &min,
-				Max:  ptr.To(value.DeepCopy()),
-				Step: &step,
-			},
+			Default:    q(d),
+			ValidRange: &resourceapi.CapacityRequestPolicyRange{Min: q(lo), Max: q(hi), Step: q(st)},
 		},
 	}
 }

@@ -147,7 +147,7 @@ func TestKubeletSide(t *testing.T) {
 	p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
 	t.Logf("NodePrepareResources latency over %d claims (gRPC + claim fetch + plan + fsynced checkpoint + status apply): p50=%v p99=%v max=%v",
 		len(lat), p50, p99, lat[len(lat)-1])
-	if p99 > 50*time.Millisecond {
+	if p99 > 50*time.Millisecond && !raceEnabled {
 		t.Errorf("Prepare p99 %v exceeds the 50 ms target", p99)
 	}
 

@@ -246,8 +246,22 @@ func (n *NIC) validate(p *field.Path) field.ErrorList {
 			errs = append(errs, field.Invalid(bp.Child(f.name), f.q.String(), "must be positive"))
 		}
 	}
-	if def.Cmp(min) < 0 {
+	whole := true
+	for _, f := range []struct {
+		name string
+		q    resource.Quantity
+	}{{"default", def}, {"min", min}, {"step", step}} {
+		if f.q.Cmp(*resource.NewQuantity(f.q.Value(), resource.DecimalSI)) != 0 {
+			errs = append(errs, field.Invalid(bp.Child(f.name), f.q.String(), "must be a whole number of bits per second"))
+			whole = false
+		}
+	}
+	switch {
+	case def.Cmp(min) < 0:
 		errs = append(errs, field.Invalid(bp.Child("default"), def.String(), fmt.Sprintf("must not be below min (%s)", min.String())))
+	case whole && step.Sign() > 0 && (def.Value()-min.Value())%step.Value() != 0:
+		errs = append(errs, field.Invalid(bp.Child("default"), def.String(),
+			fmt.Sprintf("must be min (%s) plus a multiple of step (%s)", min.String(), step.String())))
 	}
 	return errs
 }

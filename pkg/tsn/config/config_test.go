@@ -104,6 +104,10 @@ func TestParseErrors(t *testing.T) {
 			`invalid node config: nics[0].onLastRelease: Unsupported value: "delete": supported values: "keep", "remove"`},
 		{"zero step", "step: 500k", "step: 0",
 			`invalid node config: nics[0].bandwidthRequest.step: Invalid value: "0": must be positive`},
+		{"default off the step grid", "default: 10M, min: 1M, step: 500k", "default: 10200k, min: 1M, step: 500k",
+			`invalid node config: nics[0].bandwidthRequest.default: Invalid value: "10200k": must be min (1M) plus a multiple of step (500k)`},
+		{"fractional bandwidth", "step: 500k", "step: 500m",
+			`invalid node config: nics[0].bandwidthRequest.step: Invalid value: "500m": must be a whole number of bits per second`},
 		{"default below min", "default: 10M, min: 1M", "default: 1M, min: 10M",
 			`invalid node config: nics[0].bandwidthRequest.default: Invalid value: "1M": must not be below min (10M)`},
 	} {
