@@ -42,6 +42,14 @@ struct tsn_key {
 
 #define VXLAN_HLEN 8
 
+/* Where the fingerprinted packet's payload starts, and its source address
+ * (not part of the key: SNAT rewrites it; the restorer checks it apart). */
+struct tsn_pkt {
+	__u32 payload_off;
+	__u32 src[4];  /* IPv4 in src[0] */
+	__u32 decapped; /* the key is the inner packet of a VXLAN packet */
+};
+
 static __always_inline int tsn_load_payload(struct __sk_buff *skb, __u32 off, struct tsn_key *k)
 {
 	/* The verifier wants a constant length: try the longest first. */
@@ -58,7 +66,7 @@ static __always_inline int tsn_load_payload(struct __sk_buff *skb, __u32 off, st
  * tsn_fingerprint fills k from the packet at skb offset 0 (an Ethernet frame).
  * With decap set, a UDP packet to one of the VXLAN ports is looked into once and
  * the inner packet fingerprinted (flannel/VXLAN overlays over the NIC). On
- * success *payload_off is where the L4 payload starts. Returns 0 on success,
+ * success pkt has where the L4 payload starts and the source address. Returns 0 on success,
  * -1 for packets that cannot be fingerprinted (not IP, fragments, truncated).
  */
 /*
@@ -67,7 +75,7 @@ static __always_inline int tsn_load_payload(struct __sk_buff *skb, __u32 off, st
  * (no helper calls). Returns 1 if it filled k, 0 to take the general path.
  */
 static __always_inline int tsn_fingerprint_fast(struct __sk_buff *skb, struct tsn_key *k, int decap,
-						__u16 vxlan_port_a, __u16 vxlan_port_b, __u32 *payload_off)
+						__u16 vxlan_port_a, __u16 vxlan_port_b, struct tsn_pkt *pkt)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -93,7 +101,9 @@ static __always_inline int tsn_fingerprint_fast(struct __sk_buff *skb, struct ts
 		k->l4a = uh->len;
 		k->l4b = 0;
 		__builtin_memcpy(k->data, pl, TSN_PAYLOAD);
-		*payload_off = sizeof(*eth) + sizeof(*iph) + sizeof(*uh);
+		pkt->payload_off = sizeof(*eth) + sizeof(*iph) + sizeof(*uh);
+		pkt->src[0] = iph->saddr;
+		pkt->src[1] = pkt->src[2] = pkt->src[3] = 0;
 		return 1;
 	}
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
@@ -114,16 +124,18 @@ static __always_inline int tsn_fingerprint_fast(struct __sk_buff *skb, struct ts
 		k->l4a = uh->len;
 		k->l4b = 0;
 		__builtin_memcpy(k->data, pl, TSN_PAYLOAD);
-		*payload_off = sizeof(*eth) + sizeof(*ip6) + sizeof(*uh);
+		pkt->payload_off = sizeof(*eth) + sizeof(*ip6) + sizeof(*uh);
+		__builtin_memcpy(pkt->src, &ip6->saddr, 16);
 		return 1;
 	}
 	return 0;
 }
 
 static __always_inline int tsn_fingerprint(struct __sk_buff *skb, struct tsn_key *k, int decap,
-					   __u16 vxlan_port_a, __u16 vxlan_port_b, __u32 *payload_off)
+					   __u16 vxlan_port_a, __u16 vxlan_port_b, struct tsn_pkt *pkt)
 {
-	if (tsn_fingerprint_fast(skb, k, decap, vxlan_port_a, vxlan_port_b, payload_off))
+	pkt->decapped = 0;
+	if (tsn_fingerprint_fast(skb, k, decap, vxlan_port_a, vxlan_port_b, pkt))
 		return 0;
 
 	__u32 off = 0;
@@ -159,6 +171,8 @@ static __always_inline int tsn_fingerprint(struct __sk_buff *skb, struct tsn_key
 			k->proto = iph.protocol;
 			k->id = iph.id;
 			k->l3len = iph.tot_len;
+			pkt->src[0] = iph.saddr;
+			pkt->src[1] = pkt->src[2] = pkt->src[3] = 0;
 			l4off = off + iph.ihl * 4;
 		} else if (proto == bpf_htons(ETH_P_IPV6)) {
 			struct ipv6hdr ip6;
@@ -166,6 +180,7 @@ static __always_inline int tsn_fingerprint(struct __sk_buff *skb, struct tsn_key
 				return -1;
 			k->family = 6;
 			k->proto = ip6.nexthdr;
+			__builtin_memcpy(pkt->src, &ip6.saddr, 16);
 			k->id = bpf_ntohl(*(__u32 *)&ip6) & 0x000fffff;
 			k->l3len = ip6.payload_len;
 			l4off = off + sizeof(ip6);
@@ -181,28 +196,29 @@ static __always_inline int tsn_fingerprint(struct __sk_buff *skb, struct tsn_key
 			    ((vxlan_port_a && uh.dest == bpf_htons(vxlan_port_a)) ||
 			     (vxlan_port_b && uh.dest == bpf_htons(vxlan_port_b)))) {
 				off = l4off + sizeof(uh) + VXLAN_HLEN;
+				pkt->decapped = 1;
 				continue;
 			}
 			k->l4a = uh.len;
-			*payload_off = l4off + sizeof(uh);
+			pkt->payload_off = l4off + sizeof(uh);
 		} else if (k->proto == IPPROTO_TCP) {
 			struct tcphdr th;
 			if (bpf_skb_load_bytes(skb, l4off, &th, sizeof(th)) < 0)
 				return -1;
 			k->l4a = th.seq;
 			k->l4b = th.ack_seq;
-			*payload_off = l4off + th.doff * 4;
+			pkt->payload_off = l4off + th.doff * 4;
 		} else if (k->proto == IPPROTO_ICMP || k->proto == IPPROTO_ICMPV6) {
 			__u32 h[2];
 			if (bpf_skb_load_bytes(skb, l4off, h, sizeof(h)) < 0)
 				return -1;
 			/* type and code, and the echo sequence; the echo id is a NAT port. */
 			k->l4a = (h[0] & bpf_htonl(0xffff0000)) | (h[1] & bpf_htonl(0x0000ffff));
-			*payload_off = l4off + sizeof(h);
+			pkt->payload_off = l4off + sizeof(h);
 		} else {
-			*payload_off = l4off;
+			pkt->payload_off = l4off;
 		}
-		return tsn_load_payload(skb, *payload_off, k);
+		return tsn_load_payload(skb, pkt->payload_off, k);
 	}
 	return -1;
 }

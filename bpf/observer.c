@@ -48,12 +48,12 @@ SEC("tc")
 int tsn_observer(struct __sk_buff *skb)
 {
 	struct tsn_key k;
-	__u32 poff = 0;
+	struct tsn_pkt pkt = {};
 	struct obs_payload p;
 
-	if (tsn_fingerprint(skb, &k, 1, obs_vxlan_port, 0, &poff) < 0)
+	if (tsn_fingerprint(skb, &k, 1, obs_vxlan_port, 0, &pkt) < 0)
 		return TSN_PASS;
-	if (bpf_skb_load_bytes(skb, poff, &p, sizeof(p)) < 0)
+	if (bpf_skb_load_bytes(skb, pkt.payload_off, &p, sizeof(p)) < 0)
 		return TSN_PASS;
 	if (p.magic != bpf_htonl(OBS_MAGIC))
 		return TSN_PASS;

@@ -65,14 +65,17 @@ struct tsn_way {
 	__u8 clock;     /* TSN_CLK_* of tstamp */
 	__u8 flags;
 	__u32 refs;     /* packets in flight with these bytes and this metadata */
-	__u32 pad[2];
+	__u32 src;      /* hash of the source address at the pod */
+	__u32 home;     /* 0, or 1 + the bucket it overflowed from */
 };
 
-/* A bucket's header: half a cache line, in its own compact array, so a
- * packet without an entry (host traffic at the NIC) reads only this. */
+/* A bucket's header: one cache line, in its own compact array, so a packet
+ * without an entry (host traffic at the NIC) reads only this. */
 struct tsn_bucket {
 	__u32 state[WAYS]; /* per way: sequence | poison | state */
 	__u32 tag[WAYS];   /* per way: hash of the key, to skip other packets' lines */
+	__u32 overflow;    /* live entries of this bucket that sit in their second bucket */
+	__u32 pad[7];
 };
 
 struct tsn_policy {
@@ -168,7 +171,7 @@ static __always_inline int expired(struct tsn_way *e, __u32 now)
 
 _Static_assert(sizeof(struct tsn_key) == 32, "tsn_key is 8 words");
 _Static_assert(sizeof(struct tsn_way) == 64, "a way is one cache line");
-_Static_assert(sizeof(struct tsn_bucket) == 32, "bucket header: half a cache line");
+_Static_assert(sizeof(struct tsn_bucket) == 64, "bucket header: one cache line");
 
 static __always_inline struct tsn_way *way_of(__u32 bucket, int way)
 {
@@ -180,7 +183,7 @@ static __always_inline __u32 key_hash(const struct tsn_key *k)
 {
 	const __u32 *w = (const __u32 *)k;
 	__u32 h = 0x811c9dc5;
-	/* FNV-1a over the 8 words of the key, then a final mix. */
+	/* FNV-1a over the 8 words of the key. */
 	h = (h ^ w[0]) * 0x01000193;
 	h = (h ^ w[1]) * 0x01000193;
 	h = (h ^ w[2]) * 0x01000193;
@@ -189,6 +192,12 @@ static __always_inline __u32 key_hash(const struct tsn_key *k)
 	h = (h ^ w[5]) * 0x01000193;
 	h = (h ^ w[6]) * 0x01000193;
 	h = (h ^ w[7]) * 0x01000193;
+	/* murmur3's finalizer: FNV's multiplications only carry upwards, so
+	 * without it the low bits (the bucket) ignore most of the key. */
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
 	return h ^ (h >> 16);
 }
 
@@ -209,6 +218,27 @@ static __always_inline __u32 bucket_of(const struct tsn_key *k, __u32 h)
 		return (flow + bpf_ntohs((__u16)k->id)) & bucket_mask;
 	}
 	return h & bucket_mask;
+}
+
+static __always_inline __u32 src_hash(const struct tsn_pkt *p)
+{
+	return (p->src[0] * 0x9e3779b1u) ^ (p->src[1] * 0x85ebca77u) ^ (p->src[2] * 0xc2b2ae3du) ^
+	       (p->src[3] * 0x27d4eb2fu);
+}
+
+/* Is the packet's source address one of the node's (a masqueraded pod packet)? */
+static __always_inline int src_is_local(struct __sk_buff *skb, const struct tsn_key *k, const struct tsn_pkt *p)
+{
+	struct bpf_fib_lookup fib = {};
+	fib.ifindex = skb->ifindex;
+	if (k->family == 4) {
+		fib.family = 2; /* AF_INET */
+		fib.ipv4_dst = p->src[0];
+	} else {
+		fib.family = 10; /* AF_INET6 */
+		__builtin_memcpy(fib.ipv6_dst, p->src, 16);
+	}
+	return bpf_fib_lookup(skb, &fib, sizeof(fib), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
 }
 
 static __always_inline int key_eq(const struct tsn_key *a, const struct tsn_key *b)
@@ -244,6 +274,82 @@ static __always_inline __u8 launch_clock(struct __sk_buff *skb, struct tsn_polic
 	if (t == BPF_SKB_TSTAMP_DELIVERY_MONO_)
 		return TSN_CLK_MONO;
 	return pol->unspec_clock;
+}
+
+/* An entry leaves an overflow bucket: its home bucket stops looking there. */
+static __always_inline void unhome(__u32 home)
+{
+	if (!home)
+		return;
+	__u32 bi = home - 1;
+	struct tsn_bucket *b = bpf_map_lookup_elem(&tsn_table, &bi);
+	if (b && b->overflow > 0)
+		__sync_fetch_and_add(&b->overflow, -1);
+}
+
+/* What the saver knows about the packet it is saving. */
+struct save {
+	struct tsn_key k;
+	__u32 h, src, now;
+	__u64 ts;
+	__u32 slot;
+	__u16 gen;
+	__u8 granted, bucket, clock, flags;
+};
+
+#define SCAN_NONE 0    /* no entry with these bytes */
+#define SCAN_SHARED 1  /* same bytes, same metadata: counted on the entry */
+#define SCAN_POISON 2  /* same bytes, other metadata: poisoned */
+
+/* Looks for the same bytes in bucket bi; remembers its first free way. */
+static __always_inline int scan_bucket(struct tsn_bucket *b, __u32 bi, struct save *sv, int *cand, __u32 *cand_s)
+{
+	int way;
+	for (way = 0; way < WAYS; way++) {
+		__u32 s = b->state[way];
+		if ((s & ST_MASK) == ST_FREE) {
+			if (*cand < 0) {
+				*cand = way;
+				*cand_s = s;
+			}
+			continue;
+		}
+		if ((s & ST_MASK) != ST_READY || b->tag[way] != sv->h)
+			continue;
+		struct tsn_way *e = way_of(bi, way);
+		if (!e || expired(e, sv->now) || !key_eq(&e->key, &sv->k))
+			continue;
+		if (e->src != sv->src)
+			continue; /* another sender's packet: the restorer tells them apart */
+		if (e->slot == sv->slot && e->gen == sv->gen && e->prio == sv->granted && e->tstamp == sv->ts &&
+		    e->flags == sv->flags) {
+			/* Same metadata: one entry serves both packets. */
+			__sync_fetch_and_add(&e->refs, 1);
+			return SCAN_SHARED;
+		}
+		/* Same bytes, other metadata: the NIC cannot tell the packets apart.
+		 * Poison the entry (and bump its sequence, so a restorer that read it
+		 * before fails its claim): a miss, never a wrong restore. */
+		__sync_fetch_and_or(&b->state[way & (WAYS - 1)], ST_AMBIGUOUS);
+		__sync_fetch_and_add(&b->state[way & (WAYS - 1)], SEQ_ONE);
+		return SCAN_POISON;
+	}
+	return SCAN_NONE;
+}
+
+/* Takes an expired way of bucket b if there is one. */
+static __always_inline void expired_way(struct tsn_bucket *b, __u32 bi, __u32 now, int *cand, __u32 *cand_s)
+{
+	int way;
+	for (way = 0; way < WAYS; way++) {
+		__u32 s = b->state[way];
+		struct tsn_way *e = way_of(bi, way);
+		if ((s & ST_MASK) == ST_READY && e && expired(e, now)) {
+			*cand = way;
+			*cand_s = s;
+			return;
+		}
+	}
 }
 
 SEC("tc")
@@ -291,9 +397,9 @@ int tsn_saver(struct __sk_buff *skb)
 	if (!granted && !ts)
 		return TSN_PASS; /* best effort is what the NIC sees anyway */
 
-	struct tsn_key k;
-	__u32 poff;
-	if (tsn_fingerprint(skb, &k, 0, 0, 0, &poff) < 0) {
+	struct save sv;
+	struct tsn_pkt pkt;
+	if (tsn_fingerprint(skb, &sv.k, 0, 0, 0, &pkt) < 0) {
 		c->missed++;
 		return TSN_PASS;
 	}
@@ -302,61 +408,57 @@ int tsn_saver(struct __sk_buff *skb)
 		c->missed++;
 		return TSN_PASS;
 	}
+	sv.h = key_hash(&sv.k);
+	sv.src = src_hash(&pkt);
+	sv.now = now_units();
+	sv.ts = ts;
+	sv.slot = slot;
+	sv.gen = st->gen;
+	sv.granted = granted;
+	sv.bucket = bucket;
+	sv.clock = clock;
+	sv.flags = (granted ? TSN_F_PRIO : 0) | (ts ? TSN_F_TSTAMP : 0);
 
-	__u32 now = now_units();
-	__u8 flags = (granted ? TSN_F_PRIO : 0) | (ts ? TSN_F_TSTAMP : 0);
-	__u32 h = key_hash(&k), bi = bucket_of(&k, h);
-	struct tsn_bucket *b = bpf_map_lookup_elem(&tsn_table, &bi);
-	if (!b)
+	/* Home bucket: flow-local (see bucket_of). Second bucket: the full hash,
+	 * used when the home bucket is full (e.g. a sender whose IP ID is fixed). */
+	__u32 b1i = bucket_of(&sv.k, sv.h), b2i = sv.h & bucket_mask;
+	if (b2i == b1i)
+		b2i ^= 1;
+	struct tsn_bucket *b1 = bpf_map_lookup_elem(&tsn_table, &b1i);
+	struct tsn_bucket *b2 = bpf_map_lookup_elem(&tsn_table, &b2i);
+	if (!b1 || !b2)
 		return TSN_PASS;
-	__u16 gen = st->gen;
-	int way, cand = -1;
-	__u32 cand_s = 0;
-
-	/* One pass over the bucket header: the same bytes already in flight (only
-	 * ways whose tag matches are read), and the first free way. */
-	for (way = 0; way < WAYS; way++) {
-		__u32 s = b->state[way];
-		if ((s & ST_MASK) == ST_FREE) {
-			if (cand < 0) {
-				cand = way;
-				cand_s = s;
-			}
-			continue;
-		}
-		if ((s & ST_MASK) != ST_READY || b->tag[way] != h)
-			continue;
-		struct tsn_way *e = way_of(bi, way);
-		if (!e || expired(e, now) || !key_eq(&e->key, &k))
-			continue;
-		if (e->slot == slot && e->gen == gen && e->prio == granted && e->tstamp == ts && e->flags == flags) {
-			/* Same metadata: one entry serves both packets. */
-			__sync_fetch_and_add(&e->refs, 1);
-			c->saved++;
-			return TSN_PASS;
-		}
-		/* Same bytes, other metadata: the NIC cannot tell the packets apart.
-		 * Poison the entry (and bump its sequence, so a restorer that read it
-		 * before fails its claim): a miss, never a wrong restore. */
-		__sync_fetch_and_or(&b->state[way & (WAYS - 1)], ST_AMBIGUOUS);
-		__sync_fetch_and_add(&b->state[way & (WAYS - 1)], SEQ_ONE);
+	int cand1 = -1, cand2 = -1, r;
+	__u32 cand1_s = 0, cand2_s = 0;
+	r = scan_bucket(b1, b1i, &sv, &cand1, &cand1_s);
+	if (r == SCAN_NONE && (b1->overflow || cand1 < 0))
+		r = scan_bucket(b2, b2i, &sv, &cand2, &cand2_s);
+	if (r == SCAN_SHARED) {
+		c->saved++;
+		return TSN_PASS;
+	}
+	if (r == SCAN_POISON) {
 		c->missed++;
 		return TSN_PASS;
 	}
+
+	struct tsn_bucket *b = b1;
+	__u32 bi = b1i, cand_s = cand1_s, home = 0;
+	int cand = cand1;
 	if (cand < 0) {
-		/* No free way: take one whose packet never arrived (expired). */
-		for (way = 0; way < WAYS; way++) {
-			__u32 s = b->state[way];
-			struct tsn_way *e = way_of(bi, way);
-			if ((s & ST_MASK) == ST_READY && e && expired(e, now)) {
-				cand = way;
-				cand_s = s;
-				break;
-			}
+		expired_way(b1, b1i, sv.now, &cand, &cand_s);
+		if (cand < 0) {
+			b = b2;
+			bi = b2i;
+			cand = cand2;
+			cand_s = cand2_s;
+			home = b1i + 1;
+			if (cand < 0)
+				expired_way(b2, b2i, sv.now, &cand, &cand_s);
 		}
 	}
 	if (cand < 0) {
-		/* Every way held by other live packets. */
+		/* Every way of both buckets held by other live packets. */
 		c->missed++;
 		return TSN_PASS;
 	}
@@ -376,21 +478,29 @@ int tsn_saver(struct __sk_buff *skb)
 	struct tsn_way *e = way_of(bi, cand);
 	if (!e) {
 		__sync_val_compare_and_swap(&b->state[cand], mine, cand_s);
+		__sync_fetch_and_add(&st->inflight, -1);
 		return TSN_PASS;
 	}
-	if ((cand_s & ST_MASK) == ST_READY)
-		account_free(e->slot, e->gen, e->app_prio, 1); /* reclaimed an expired entry */
-	e->key = k;
+	if ((cand_s & ST_MASK) == ST_READY) {
+		/* Reclaimed an expired entry. */
+		account_free(e->slot, e->gen, e->app_prio, 1);
+		unhome(e->home);
+	}
+	if (home)
+		__sync_fetch_and_add(&b1->overflow, 1);
+	e->key = sv.k;
 	e->tstamp = ts;
-	e->saved = now;
+	e->saved = sv.now;
 	e->slot = slot;
-	e->gen = gen;
+	e->gen = sv.gen;
 	e->prio = granted;
 	e->app_prio = bucket;
 	e->clock = clock;
-	e->flags = flags;
+	e->flags = sv.flags;
 	e->refs = 1;
-	b->tag[cand] = h;
+	e->src = sv.src;
+	e->home = home;
+	b->tag[cand] = sv.h;
 	/* Publish: the fields above are visible before the state says READY. */
 	__sync_lock_test_and_set(&b->state[cand], (mine & SEQ_MASK) | ST_READY);
 	c->saved++;
@@ -418,26 +528,32 @@ static __always_inline void restore_tstamp(struct __sk_buff *skb, __u64 tstamp, 
 		skb->tstamp = tstamp;
 }
 
-SEC("tc")
-int tsn_restorer(struct __sk_buff *skb)
-{
-	struct tsn_key k;
-	__u32 poff;
-	if (tsn_fingerprint(skb, &k, 1, vxlan_port_a, vxlan_port_b, &poff) < 0)
-		return TSN_PASS;
+#define FIND_NONE 0
+#define FIND_DONE 1
 
-	__u32 h = key_hash(&k), bi = bucket_of(&k, h);
-	struct tsn_bucket *b = bpf_map_lookup_elem(&tsn_table, &bi);
-	if (!b)
-		return TSN_PASS;
+/* Looks for the packet's entry in bucket bi and, if found, restores from it. */
+static __always_inline int restore_from(struct __sk_buff *skb, struct tsn_bucket *b, __u32 bi, struct tsn_key *k,
+					__u32 h, __u32 src, struct tsn_pkt *pkt, int *src_checked)
+{
 	int way;
 	for (way = 0; way < WAYS; way++) {
 		__u32 s = b->state[way];
 		if ((s & ST_MASK) != ST_READY || b->tag[way] != h)
 			continue;
 		struct tsn_way *e = way_of(bi, way);
-		if (!e || !key_eq(&e->key, &k))
+		if (!e || !key_eq(&e->key, k))
 			continue;
+		/* Another sender's packet with the same bytes is not this entry's.
+		 * Only SNAT (masquerade on the NIC) may have changed the source, and
+		 * then it is one of the node's own addresses. */
+		if (e->src != src) {
+			if (pkt->decapped)
+				continue;
+			if (!*src_checked)
+				*src_checked = src_is_local(skb, k, pkt) ? 1 : -1;
+			if (*src_checked < 0)
+				continue;
+		}
 
 		/* Read everything, then claim: a claim that succeeds proves the
 		 * entry did not change hands or get poisoned since. */
@@ -445,6 +561,7 @@ int tsn_restorer(struct __sk_buff *skb)
 		__u64 tstamp = e->tstamp;
 		__u16 slot = e->slot, gen = e->gen;
 		__u8 prio = e->prio, bucket = e->app_prio, clock = e->clock, flags = e->flags;
+		__u32 home = e->home;
 		__u32 is_expired = expired(e, now_units());
 		__u32 freed = ((s & SEQ_MASK) + SEQ_ONE) | ST_FREE;
 
@@ -452,38 +569,73 @@ int tsn_restorer(struct __sk_buff *skb)
 		struct tsn_slot *st = bpf_map_lookup_elem(&tsn_slots, &sl);
 		if (!st || (__u16)st->gen != gen) {
 			/* Left over from a pod that is gone. */
-			__sync_val_compare_and_swap(state, s, freed);
-			return TSN_PASS;
+			if (__sync_val_compare_and_swap(state, s, freed) == s)
+				unhome(home);
+			return FIND_DONE;
 		}
 		if (is_expired) {
-			if (__sync_val_compare_and_swap(state, s, freed) == s)
+			if (__sync_val_compare_and_swap(state, s, freed) == s) {
 				account_free(slot, gen, bucket, 1);
-			return TSN_PASS;
+				unhome(home);
+			}
+			return FIND_DONE;
 		}
 		struct tsn_counters *c = counters(slot, bucket);
 		if (!c)
-			return TSN_PASS;
+			return FIND_DONE;
 		if (__sync_fetch_and_add(&e->refs, -1) <= 1) {
 			if (__sync_val_compare_and_swap(state, s, freed) != s) {
 				c->rejected++;
-				return TSN_PASS;
+				return FIND_DONE;
 			}
 			account_free(slot, gen, bucket, 0);
+			unhome(home);
 		} else if (*state != s) {
 			c->rejected++;
-			return TSN_PASS;
+			return FIND_DONE;
 		}
 		if (s & ST_AMBIGUOUS) {
 			c->rejected++;
-			return TSN_PASS;
+			return FIND_DONE;
 		}
 		if (flags & TSN_F_PRIO)
 			skb->priority = prio;
 		if (flags & TSN_F_TSTAMP)
 			restore_tstamp(skb, tstamp, clock);
 		c->restored++;
-		return TSN_PASS;
+		return FIND_DONE;
 	}
+	return FIND_NONE;
+}
+
+SEC("tc")
+int tsn_restorer(struct __sk_buff *skb)
+{
+	struct tsn_key k;
+	struct tsn_pkt pkt;
+	if (tsn_fingerprint(skb, &k, 1, vxlan_port_a, vxlan_port_b, &pkt) < 0)
+		return TSN_PASS;
+	/* Only packets the node forwarded: locally originated ones (host
+	 * processes) never carry a pod's metadata, even with identical bytes.
+	 * (Encapsulation clears the ingress interface: VXLAN packets rely on
+	 * the source check, without the SNAT allowance.) */
+	if (!pkt.decapped && skb->ingress_ifindex == 0)
+		return TSN_PASS;
+
+	__u32 h = key_hash(&k), src = src_hash(&pkt);
+	int src_checked = 0;
+	__u32 b1i = bucket_of(&k, h);
+	struct tsn_bucket *b1 = bpf_map_lookup_elem(&tsn_table, &b1i);
+	if (!b1)
+		return TSN_PASS;
+	if (restore_from(skb, b1, b1i, &k, h, src, &pkt, &src_checked) == FIND_DONE || !b1->overflow)
+		return TSN_PASS;
+	__u32 b2i = h & bucket_mask;
+	if (b2i == b1i)
+		b2i ^= 1;
+	struct tsn_bucket *b2 = bpf_map_lookup_elem(&tsn_table, &b2i);
+	if (b2)
+		restore_from(skb, b2, b2i, &k, h, src, &pkt, &src_checked);
 	return TSN_PASS;
 }
 
@@ -511,8 +663,10 @@ static long gc_elem(void *map, __u32 *key, struct tsn_bucket *b, struct gc_ctx *
 			continue;
 		__u16 slot = e->slot, gen = e->gen;
 		__u8 bucket = e->app_prio;
+		__u32 home = e->home;
 		if (__sync_val_compare_and_swap(&b->state[way & (WAYS - 1)], s, ((s & SEQ_MASK) + SEQ_ONE) | ST_FREE) == s) {
 			ctx->freed++;
+			unhome(home);
 			if (!stale)
 				account_free(slot, gen, bucket, 1);
 		}

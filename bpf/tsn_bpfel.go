@@ -14,9 +14,11 @@ import (
 )
 
 type TsnTsnBucket struct {
-	_     structs.HostLayout
-	State [4]uint32
-	Tag   [4]uint32
+	_        structs.HostLayout
+	State    [4]uint32
+	Tag      [4]uint32
+	Overflow uint32
+	Pad      [7]uint32
 }
 
 type TsnTsnCounters struct {
@@ -80,7 +82,8 @@ type TsnTsnWay struct {
 	Clock   uint8
 	Flags   uint8
 	Refs    uint32
-	Pad     [2]uint32
+	Src     uint32
+	Home    uint32
 }
 
 // Names of all BPF objects in the ELF.

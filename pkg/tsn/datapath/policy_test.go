@@ -129,9 +129,8 @@ func TestPolicyDemoteRemapDrop(t *testing.T) {
 	}
 }
 
-// TestOtherTrafficUntouched: packets of the host and of pods without a saver
-// never carry a claimed pod's metadata at tsn0, even with identical payloads
-// sent at the same time.
+// TestOtherTrafficUntouched: packets of the host and of pods without a saver,
+// sent at the same time as a claimed pod's, never carry its metadata at tsn0.
 func TestOtherTrafficUntouched(t *testing.T) {
 	needRoot(t)
 	ctx := testCtx(t)
@@ -151,7 +150,6 @@ func TestOtherTrafficUntouched(t *testing.T) {
 	for i := 0; i < count; i++ {
 		prio := uint32(1 + i%7)
 		tx := base + uint64(i)*1000
-		// The same tag and sequence in all three flows: identical payload bytes.
 		if err := sc.Send(1, uint32(i), prio, tx, prio, tx); err != nil {
 			t.Fatal(err)
 		}
@@ -253,5 +251,73 @@ func TestMapBounded(t *testing.T) {
 	c, _ = m.Counters("flooder")
 	if tot := c.Total(); tot.Expired != tot.Saved {
 		t.Errorf("want every saved entry expired, got %+v", tot)
+	}
+}
+
+// TestIdenticalBytes: packets with byte-for-byte the same fingerprint as a
+// claimed pod's live entry (raw sockets with a fixed IP ID and equal payloads)
+// never get its metadata: not from the host, not from another pod. The same
+// bytes from the same pod with other metadata poison the entry (a counted
+// miss, no restore); with the same metadata they share it.
+func TestIdenticalBytes(t *testing.T) {
+	needRoot(t)
+	ctx := testCtx(t)
+	n := newNode(t, netemu.Routed, 2)
+	m := openManager(t, n, pinDir(t), datapath.WithQuota(1024), datapath.WithMaxPods(4))
+	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
+		t.Fatal(err)
+	}
+	obs := attachObserver(t, n, m.Mode())
+	a, b := n.Pods[0], n.Pods[1]
+	if err := m.AttachSaver(ctx, "a", a.Netns, a.Ifname, allowAll); err != nil {
+		t.Fatal(err)
+	}
+	raw := func(netnsPath string, dst *net.UDPAddr) *netemu.Sender {
+		s, err := netemu.NewRawSender(netnsPath, dst, 0x1234)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	toLocal := raw(a.Netns, &net.UDPAddr{IP: a.Local, Port: 9})
+	sa, sb, sh := raw(a.Netns, n.Dest), raw(b.Netns, n.Dest), raw(n.HostNetns, n.HostDest)
+	const tag, count = 77, 200
+	send := func(s *netemu.Sender, first, prio, want uint32) {
+		t.Helper()
+		for i := first; i < first+count; i++ {
+			if err := s.Send(tag, i, prio, 0, want, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	phase := func(name string, s *netemu.Sender, first, prio, want uint32) {
+		t.Helper()
+		if err := obs.Reset(); err != nil {
+			t.Fatal(err)
+		}
+		send(s, first, prio, want)
+		r := waitTotal(t, obs, tag, count)
+		t.Logf("%s: %+v", name, r)
+		if r.Total != count || r.ByGot[want] != count {
+			t.Errorf("%s: want %d packets with priority %d at tsn0, got %+v", name, count, want, r)
+		}
+	}
+	// Live entries of pod a (priority 5) for packets that never reach tsn0.
+	send(toLocal, 0, 5, 0)
+	phase("host, same bytes", sh, 0, 0, 0)
+	phase("pod without saver, same bytes", sb, 0, 0, 0)
+	phase("pod a, same bytes, priority 3", sa, 0, 3, 0)
+	c, _ := m.Counters("a")
+	if c.ByPriority[3].Missed != count || c.ByPriority[5].Rejected != count || c.ByPriority[3].Restored != 0 {
+		t.Errorf("want the collisions counted (priority 3 missed, priority 5 rejected): 3: %+v, 5: %+v",
+			c.ByPriority[3], c.ByPriority[5])
+	}
+	// Same bytes and same metadata: the entry serves both packets.
+	send(toLocal, count, 5, 5)
+	phase("pod a, same bytes, same priority", sa, count, 5, 5)
+	c, _ = m.Counters("a")
+	if c.ByPriority[5].Saved != 3*count || c.ByPriority[5].Restored != count {
+		t.Errorf("same metadata: want %d saved (the local copies, twice, and the shared ones) and %d restored, got %+v", 3*count, count, c.ByPriority[5])
 	}
 }

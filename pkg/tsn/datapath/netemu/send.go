@@ -20,6 +20,53 @@ type Sender struct {
 	dst  unix.Sockaddr
 	prio uint32
 	oob  []byte
+	// raw senders build the IPv4 and UDP headers themselves, with a fixed IP ID.
+	raw     bool
+	ipID    uint16
+	dstPort int
+}
+
+// NewRawSender opens a raw IPv4 socket (IP_HDRINCL) in the namespace at
+// netnsPath that sends UDP packets to dst with the given IP identification
+// and DF: packets from different senders with equal payloads are then equal
+// byte for byte in every field the data path fingerprints.
+func NewRawSender(netnsPath string, dst *net.UDPAddr, ipID uint16) (*Sender, error) {
+	ip4 := dst.IP.To4()
+	if ip4 == nil {
+		return nil, fmt.Errorf("raw sender: IPv4 only")
+	}
+	s := &Sender{fd: -1, raw: true, ipID: ipID, dstPort: dst.Port}
+	err := hook.InNetns(netnsPath, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+		if err != nil {
+			return err
+		}
+		s.fd = fd
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("raw sender socket: %w", err)
+	}
+	sa := &unix.SockaddrInet4{}
+	copy(sa.Addr[:], ip4)
+	s.dst = sa
+	return s, nil
+}
+
+func (s *Sender) rawPacket(payload []byte, dst [4]byte) []byte {
+	b := make([]byte, 20+8+len(payload))
+	b[0] = 0x45
+	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+	binary.BigEndian.PutUint16(b[4:], s.ipID)
+	binary.BigEndian.PutUint16(b[6:], 0x4000) // DF
+	b[8] = 64
+	b[9] = unix.IPPROTO_UDP
+	copy(b[16:20], dst[:]) // source 0: filled in by the kernel; checksum too
+	binary.BigEndian.PutUint16(b[20:], 40000)
+	binary.BigEndian.PutUint16(b[22:], uint16(s.dstPort))
+	binary.BigEndian.PutUint16(b[24:], uint16(8+len(payload)))
+	copy(b[28:], payload) // UDP checksum 0: none
+	return b
 }
 
 // NewSender opens a UDP socket in the namespace at netnsPath ("" = current)
@@ -76,6 +123,9 @@ func (s *Sender) Send(tag, seq, prio uint32, txtime uint64, wantPrio uint32, wan
 		s.prio = prio
 	}
 	payload := observe.Payload(tag, seq, wantPrio, wantTxTime)
+	if s.raw {
+		payload = s.rawPacket(payload, s.dst.(*unix.SockaddrInet4).Addr)
+	}
 	var oob []byte
 	if txtime != 0 {
 		binary.NativeEndian.PutUint64(s.oob[unix.CmsgLen(0):], txtime)
