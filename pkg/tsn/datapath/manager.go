@@ -405,7 +405,7 @@ func (m *Manager) AttachSaver(ctx context.Context, podUID, netnsPath, ifname str
 	if s, ok := m.savers[podUID]; ok {
 		pin := m.saverPin(s.info.Slot)
 		if s.info.NetnsPath == netnsPath && s.info.Ifname == ifname && hook.Attached(hook.Mode(s.info.Mode), pin) {
-			if err := m.writePolicy(s.info.Slot, p, s.gen); err != nil {
+			if err := m.writePolicy(s.info.Slot, p); err != nil {
 				return err
 			}
 			s.info.Policy = p
@@ -437,7 +437,7 @@ func (m *Manager) AttachSaver(ctx context.Context, podUID, netnsPath, ifname str
 	if err != nil {
 		return err
 	}
-	if err := m.writePolicy(slot, p, gen); err != nil {
+	if err := m.writePolicy(slot, p); err != nil {
 		return err
 	}
 	pin := m.saverPin(slot)

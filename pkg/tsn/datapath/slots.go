@@ -60,7 +60,7 @@ func (m *Manager) writeRecord(slot uint32, r record) error {
 	return nil
 }
 
-func (m *Manager) writePolicy(slot uint32, p Policy, gen uint32) error {
+func (m *Manager) writePolicy(slot uint32, p Policy) error {
 	clock := p.LaunchTimeClock
 	if clock == 0 {
 		clock = ClockTAI
