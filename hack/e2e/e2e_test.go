@@ -69,7 +69,13 @@ func TestE2E(t *testing.T) {
 
 	start = time.Now()
 	archive := filepath.Join(t.TempDir(), "images.tar")
-	if err := images.Build(ctx, repo, archive); err != nil {
+	// The driver image goes in under the references deployments/ uses, so the
+	// manifests are applied unchanged.
+	driverRefs, err := images.ManifestImages(filepath.Join(repo, "deployments"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := images.Build(ctx, repo, archive, driverRefs...); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.ImportImages(ctx, archive); err != nil {
@@ -82,15 +88,18 @@ func TestE2E(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The data path's observer, attached last at tsn0's egress, sees every
+	// talker packet with the priority and launch time it leaves the node with.
+	obs, err := observe.Attach(fmt.Sprintf("/proc/%d/ns/net", c.NodePID()), cluster.TSNInterface, datapath.ModeTCX)
+	if err != nil {
+		t.Fatalf("attaching the observer at %s egress: %v", cluster.TSNInterface, err)
+	}
+	defer obs.Close()
+
 	t.Run("TalkerPodsReachTheWire", func(t *testing.T) {
 		dumpOnFailure(t)
 		rcv := startReceiver(ctx, t, c, receiver)
 		const n = 200
-		obs, err := observe.Attach(fmt.Sprintf("/proc/%d/ns/net", c.NodePID()), cluster.TSNInterface, datapath.ModeTCX)
-		if err != nil {
-			t.Fatalf("attaching the observer at %s egress: %v", cluster.TSNInterface, err)
-		}
-		defer obs.Close()
 		pods := []talkerPod{
 			{name: "talker-prio1", stream: "prio1", tag: 1, args: []string{"-priority", "1"}},
 			{name: "talker-prio2-txtime", stream: "prio2-txtime", tag: 2, args: []string{"-priority", "2", "-txtime", "-txtime-offset", "1ms"}, netAdmin: true},
@@ -152,6 +161,11 @@ func TestE2E(t *testing.T) {
 				t.Error(err)
 			}
 		}
+	})
+
+	t.Run("Driver", func(t *testing.T) {
+		dumpOnFailure(t)
+		driverScenario(ctx, t, c, repo, obs, receiver)
 	})
 
 	t.Run("TeardownLeavesNothing", func(t *testing.T) {

@@ -57,17 +57,16 @@ type Cluster struct {
 	// Timings records how long each start-up phase took.
 	Timings []Timing
 
-	socket      string // containerd's socket
-	nodeConfig  string // admin kubeconfig for components inside the node
-	pki         *pki
-	cg          *cgroupTree
-	node, wire  *holder
-	procs       []*proc
-	fwd         net.Listener
-	fwdWG       sync.WaitGroup
-	createdDirs []string // host directories created as mount points
-	stopOnce    sync.Once
-	stopErr     error
+	socket     string // containerd's socket
+	nodeConfig string // admin kubeconfig for components inside the node
+	pki        *pki
+	cg         *cgroupTree
+	node, wire *holder
+	procs      []*proc
+	fwd        net.Listener
+	fwdWG      sync.WaitGroup
+	stopOnce   sync.Once
+	stopErr    error
 }
 
 // Timing is one start-up phase.
@@ -123,19 +122,10 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 		phase = time.Now()
 	}
 
-	for _, d := range []string{"logs", "pki", "etcd", "containerd/root", "containerd/state", "node/kubelet", "node/cni",
-		"node/log", "node/cgroup", "cni/net.d", "cni/ipam", "nri/plugins", "nri/conf.d"} {
+	for _, d := range []string{"logs", "pki", "etcd", "containerd/root", "containerd/state", "node/var-lib/kubelet",
+		"node/var-lib/cni", "node/log", "node/cgroup", "cni/net.d", "cni/ipam", "nri/plugins", "nri/conf.d"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, err
-		}
-	}
-	// Mount points the node namespace binds over must exist on the host.
-	for _, d := range []string{"/var/lib/kubelet", "/var/lib/cni"} {
-		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
-			if err := os.MkdirAll(d, 0o755); err != nil {
-				return nil, err
-			}
-			c.createdDirs = append(c.createdDirs, d)
 		}
 	}
 	suffix := strings.TrimPrefix(filepath.Base(dir), "tsn-e2e-")

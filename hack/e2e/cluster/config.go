@@ -65,16 +65,17 @@ current-context: tsn-e2e
 `
 
 // The node setup script runs in new mount and network namespaces. Paths the
-// driver's manifests mount from the host (/var/lib/kubelet, /var/run/nri,
-// /sys/fs/bpf, /var/run/cdi) are the standard ones inside, backed by the
-// cluster's directory, so `kubectl apply -f deployments/` works unchanged and
-// nothing lands on the real host.
+// driver's manifests mount from the host (/var/lib/kubelet, /var/lib/tsn-dra-driver,
+// /var/run/nri, /sys/fs/bpf, /var/run/cdi) are the standard ones inside, backed
+// by the cluster's directory or fresh file systems, so `kubectl apply -f
+// deployments/` works unchanged and nothing lands on the real host.
 const nodeScript = `set -euo pipefail
 mount --make-rprivate /
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/netns /run/nri /run/cdi /run/containerd
-mount --bind "$NODE/kubelet" /var/lib/kubelet
-mount --bind "$NODE/cni" /var/lib/cni
+# All of /var/lib is the node's own: the kubelet's root, CNI state, and any
+# hostPath a manifest creates there (the driver's checkpoint directory).
+mount --bind "$NODE/var-lib" /var/lib
 mount --bind "$NODE/log" /var/log
 # A sysfs of this network namespace (so /sys/class/net lists tsn0), with the
 # host's cgroup hierarchies carried over and a bpffs of its own.

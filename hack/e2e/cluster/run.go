@@ -353,7 +353,9 @@ func (c *Cluster) stop() error {
 	}
 	for _, n := range []string{"kubelet", "containerd"} {
 		if p := byName[n]; p != nil {
+			t := time.Now()
 			p.stop(10 * time.Second)
+			c.cfg.Logf("cluster: stopped %s in %v", n, time.Since(t).Round(time.Millisecond))
 		}
 	}
 	if c.cg != nil {
@@ -361,12 +363,16 @@ func (c *Cluster) stop() error {
 		// through runc, containers under the kubelet's cgroup root) is also in the tree.
 		for _, n := range []string{"kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"} {
 			if p := byName[n]; p != nil {
+				t := time.Now()
 				p.stop(10 * time.Second)
+				c.cfg.Logf("cluster: stopped %s in %v", n, time.Since(t).Round(time.Millisecond))
 			}
 		}
+		t := time.Now()
 		if err := c.cg.kill(30 * time.Second); err != nil {
 			errs = append(errs, err)
 		}
+		c.cfg.Logf("cluster: killed what was left in the cgroups in %v", time.Since(t).Round(time.Millisecond))
 	}
 	for _, p := range c.procs {
 		p.stop(time.Second)
@@ -379,11 +385,6 @@ func (c *Cluster) stop() error {
 	if c.cg != nil {
 		if err := c.cg.remove(); err != nil {
 			errs = append(errs, err)
-		}
-	}
-	for _, d := range c.createdDirs {
-		if err := os.Remove(d); err != nil {
-			errs = append(errs, fmt.Errorf("removing mount point %s: %w", d, err))
 		}
 	}
 	if !c.cfg.KeepDir && c.Dir != "" {
@@ -400,7 +401,7 @@ func (c *Cluster) WirePID() int { return c.wire.pid() }
 
 // Leftovers lists what the cluster created that still exists: after Stop it
 // should be empty. It checks the namespace holders, the cgroup tree, mounts
-// of the state directory, created mount points and the state directory itself.
+// of the state directory and the state directory itself.
 func (c *Cluster) Leftovers() []string {
 	var left []string
 	for _, h := range []*holder{c.node, c.wire} {
@@ -430,11 +431,6 @@ func (c *Cluster) Leftovers() []string {
 			if c.Dir != "" && strings.Contains(l, c.Dir) {
 				left = append(left, "mount: "+l)
 			}
-		}
-	}
-	for _, d := range c.createdDirs {
-		if _, err := os.Stat(d); err == nil {
-			left = append(left, "mount point "+d)
 		}
 	}
 	if !c.cfg.KeepDir {

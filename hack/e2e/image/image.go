@@ -129,7 +129,7 @@ func addDir(tw *tar.Writer, dirs map[string]bool, dir string, mode int64) error 
 func WriteArchive(path string, images map[string]v1.Image) error {
 	refs := map[name.Reference]v1.Image{}
 	for ref, img := range images {
-		tag, err := name.NewTag(ref, name.StrictValidation)
+		tag, err := name.NewTag(ref)
 		if err != nil {
 			return fmt.Errorf("image reference %q: %w", ref, err)
 		}

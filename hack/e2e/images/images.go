@@ -90,3 +90,37 @@ func Build(ctx context.Context, repo, archive string, driverRefs ...string) erro
 	}
 	return image.WriteArchive(archive, all)
 }
+
+// ManifestImages returns the image references of the manifests in dir (every
+// "image:" value of its YAML files), so the driver image can be imported under
+// the names the manifests use.
+func ManifestImages(dir string) ([]string, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var refs []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "- "))
+			v, ok := strings.CutPrefix(line, "image:")
+			if !ok {
+				continue
+			}
+			v = strings.Trim(strings.TrimSpace(v), `"'`)
+			if v != "" && !seen[v] {
+				seen[v] = true
+				refs = append(refs, v)
+			}
+		}
+	}
+	if len(refs) == 0 {
+		return nil, fmt.Errorf("no image references in %s/*.yaml", dir)
+	}
+	return refs, nil
+}

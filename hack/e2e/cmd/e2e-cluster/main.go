@@ -20,10 +20,13 @@ import (
 	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/images"
 )
 
+var withDriver *bool
+
 func main() {
 	bin := flag.String("bin", envOr("E2E_BIN", "/var/cache/tsn-dra-driver/e2e-v1/bin"), "binaries built by hack/e2e/build.sh")
 	repo := flag.String("repo", ".", "root of the tsn-dra-driver repository (for the example images)")
 	keep := flag.Bool("keep", false, "keep the state directory (logs, configs) after shutdown")
+	withDriver = flag.Bool("driver", true, "also build the driver image under the references deployments/ uses (then: kubectl apply -f deployments/)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Fatal("e2e-cluster must run as root (namespaces, cgroups, mounts)")
@@ -50,7 +53,15 @@ func main() {
 
 func run(ctx context.Context, c *cluster.Cluster, bin, repo string, start time.Time) error {
 	archive := filepath.Join(c.Dir, "images.tar")
-	if err := images.Build(ctx, repo, archive); err != nil {
+	var driverRefs []string
+	if *withDriver {
+		refs, err := images.ManifestImages(filepath.Join(repo, "deployments"))
+		if err != nil {
+			return err
+		}
+		driverRefs = refs
+	}
+	if err := images.Build(ctx, repo, archive, driverRefs...); err != nil {
 		return err
 	}
 	if err := c.ImportImages(ctx, archive); err != nil {

@@ -1,0 +1,297 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/cluster"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/observe"
+)
+
+// The names deployments/ uses.
+const (
+	driverName      = "tsn.dra.io"
+	driverNamespace = "tsn-dra-driver"
+	driverDaemonSet = "tsn-dra-driver"
+	deviceClass     = "tsn.dra.io"
+)
+
+// installDriver applies deployments/ the way the README tells users to and
+// waits for the DaemonSet's pod to be ready.
+func installDriver(ctx context.Context, t *testing.T, c *cluster.Cluster, repo string) {
+	t.Helper()
+	start := time.Now()
+	if _, err := c.Kubectl(ctx, "apply", "-f", filepath.Join(repo, "deployments")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Kubectl(ctx, "-n", driverNamespace, "rollout", "status", "daemonset/"+driverDaemonSet, "--timeout=180s"); err != nil {
+		logs, _ := c.Kubectl(ctx, "-n", driverNamespace, "logs", "daemonset/"+driverDaemonSet, "--tail=50")
+		t.Fatalf("driver DaemonSet not ready: %v\ndriver log:\n%s", err, logs)
+	}
+	t.Logf("TIMING driver installed (kubectl apply to DaemonSet ready): %v", time.Since(start).Round(time.Millisecond))
+}
+
+type sliceDevice struct {
+	Name       string `json:"name"`
+	Attributes map[string]struct {
+		Int    *int64  `json:"int"`
+		String *string `json:"string"`
+		Bool   *bool   `json:"bool"`
+	} `json:"attributes"`
+	Capacity map[string]struct {
+		Value string `json:"value"`
+	} `json:"capacity"`
+}
+
+// waitSlices waits for the driver's ResourceSlice of the node and returns its
+// devices by traffic class.
+func waitSlices(ctx context.Context, t *testing.T, c *cluster.Cluster, want []int64) map[int64]sliceDevice {
+	t.Helper()
+	start := time.Now()
+	var got map[int64]sliceDevice
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out, err := c.Kubectl(ctx, "get", "resourceslices", "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var list struct {
+			Items []struct {
+				Spec struct {
+					Driver   string        `json:"driver"`
+					NodeName string        `json:"nodeName"`
+					Devices  []sliceDevice `json:"devices"`
+				} `json:"spec"`
+			} `json:"items"`
+		}
+		if err := json.Unmarshal(out, &list); err != nil {
+			t.Fatal(err)
+		}
+		got = map[int64]sliceDevice{}
+		for _, s := range list.Items {
+			if s.Spec.Driver != driverName || s.Spec.NodeName != c.NodeName {
+				continue
+			}
+			for _, d := range s.Spec.Devices {
+				if tc := d.Attributes["trafficClass"].Int; tc != nil {
+					got[*tc] = d
+				}
+			}
+		}
+		if len(got) == len(want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ResourceSlices of %s on %s: devices for classes %v, want %v:\n%s", driverName, c.NodeName, keys(got), want, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("TIMING ResourceSlice published %v after the driver was ready", time.Since(start).Round(time.Millisecond))
+	return got
+}
+
+func keys(m map[int64]sliceDevice) []int64 {
+	var k []int64
+	for tc := range m {
+		k = append(k, tc)
+	}
+	return k
+}
+
+// claimTemplate is a ResourceClaimTemplate asking for one traffic class of tsn0.
+func claimTemplate(name string, class int) string {
+	return fmt.Sprintf(`apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata:
+  name: %s
+spec:
+  spec:
+    devices:
+      requests:
+      - name: tsn
+        exactly:
+          deviceClassName: %s
+          selectors:
+          - cel:
+              expression: device.attributes["%s"].interface == "%s" && device.attributes["%s"].trafficClass == %d
+`, name, deviceClass, driverName, cluster.TSNInterface, driverName, class)
+}
+
+// claimedTalker is a talker pod with a claim from a template.
+func claimedTalker(p talkerPod, template string, count int) string {
+	m := p.manifest(count)
+	m = strings.Replace(m, "spec:\n  restartPolicy: Never\n", fmt.Sprintf(`spec:
+  restartPolicy: Never
+  resourceClaims:
+  - name: tsn
+    resourceClaimTemplateName: %s
+`, template), 1)
+	return m + "    resources:\n      claims:\n      - name: tsn\n"
+}
+
+type claimStatus struct {
+	Metadata struct {
+		Name string `json:"name"`
+	} `json:"metadata"`
+	Status struct {
+		Allocation *struct {
+			Devices struct {
+				Results []struct {
+					Driver string `json:"driver"`
+					Pool   string `json:"pool"`
+					Device string `json:"device"`
+				} `json:"results"`
+			} `json:"devices"`
+		} `json:"allocation"`
+		Devices []struct {
+			Driver     string `json:"driver"`
+			Device     string `json:"device"`
+			Conditions []struct {
+				Type   string `json:"type"`
+				Status string `json:"status"`
+			} `json:"conditions"`
+			NetworkData *struct {
+				InterfaceName string `json:"interfaceName"`
+			} `json:"networkData"`
+		} `json:"devices"`
+	} `json:"status"`
+}
+
+// podClaim returns the claim generated for the pod's "tsn" claim.
+func podClaim(ctx context.Context, t *testing.T, c *cluster.Cluster, pod string) claimStatus {
+	t.Helper()
+	out, err := c.Kubectl(ctx, "get", "pod", pod, "-o", "jsonpath={.status.resourceClaimStatuses[0].resourceClaimName}")
+	if err != nil || len(out) == 0 {
+		t.Fatalf("pod %s has no generated claim (%v)", pod, err)
+	}
+	out, err = c.Kubectl(ctx, "get", "resourceclaim", string(out), "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cs claimStatus
+	if err := json.Unmarshal(out, &cs); err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+func driverScenario(ctx context.Context, t *testing.T, c *cluster.Cluster, repo string, obs *observe.Observer, rcvBin string) {
+	installDriver(ctx, t, c, repo)
+	devs := waitSlices(ctx, t, c, []int64{1, 2})
+	for tc, d := range devs {
+		if s := d.Attributes["interface"].String; s == nil || *s != cluster.TSNInterface {
+			t.Errorf("class %d device %s: interface attribute %v, want %s", tc, d.Name, s, cluster.TSNInterface)
+		}
+		if _, ok := d.Capacity["bandwidth"]; !ok {
+			t.Errorf("class %d device %s: no bandwidth capacity (consumable capacity lets pods share a class)", tc, d.Name)
+		}
+		attrs := make([]string, 0, len(d.Attributes))
+		for k := range d.Attributes {
+			attrs = append(attrs, k)
+		}
+		t.Logf("class %d: device %s, attributes %v", tc, d.Name, attrs)
+	}
+
+	for _, tmpl := range []struct {
+		name  string
+		class int
+	}{{"tsn-class1", 1}, {"tsn-class2", 2}} {
+		apply(ctx, t, c, claimTemplate(tmpl.name, tmpl.class))
+	}
+	// deployments/20-configmap.yaml maps socket priority 3 to class 1 and 2 to class 2.
+	// The talkers run for 3 s: a claim made from a template is deleted when
+	// its pod ends, so its status is read while the pod runs.
+	const n = 3000
+	pods := []struct {
+		talkerPod
+		template string
+		class    int
+	}{
+		{talkerPod{name: "claim-class1", stream: "class1", tag: 11, args: []string{"-priority", "3"}}, "tsn-class1", 1},
+		{talkerPod{name: "claim-class2", stream: "class2-txtime", tag: 12, netAdmin: true,
+			args: []string{"-priority", "2", "-txtime", "-txtime-offset", "1ms"}}, "tsn-class2", 2},
+	}
+	rcv := startReceiver(ctx, t, c, rcvBin)
+	if err := obs.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods {
+		apply(ctx, t, c, claimedTalker(p.talkerPod, p.template, n))
+	}
+	for _, p := range pods {
+		waitRunning(ctx, t, c, p.name)
+		cs := podClaim(ctx, t, c, p.name)
+		if cs.Status.Allocation == nil || len(cs.Status.Allocation.Devices.Results) != 1 {
+			t.Errorf("pod %s: claim %s not allocated one device: %+v", p.name, cs.Metadata.Name, cs.Status)
+			continue
+		}
+		res := cs.Status.Allocation.Devices.Results[0]
+		if want := devs[int64(p.class)].Name; res.Driver != driverName || res.Device != want {
+			t.Errorf("pod %s: allocated %s/%s, want %s/%s", p.name, res.Driver, res.Device, driverName, want)
+		}
+		ready := false
+		for _, ds := range cs.Status.Devices {
+			for _, cond := range ds.Conditions {
+				if ds.Device == res.Device && cond.Type == "Ready" && cond.Status == "True" {
+					ready = true
+				}
+			}
+		}
+		if !ready {
+			t.Errorf("pod %s: claim %s has no Ready device status: %+v", p.name, cs.Metadata.Name, cs.Status.Devices)
+		}
+	}
+	for _, p := range pods {
+		d := waitSucceeded(ctx, t, c, p.name)
+		t.Logf("TIMING claimed pod %s: created to Succeeded in %v", p.name, d.Round(time.Millisecond))
+	}
+	rep := rcv.stop(t)
+	for _, p := range pods {
+		if s := rep.stream(p.stream); s == nil || s.Packets != n {
+			t.Errorf("claimed stream %s: receiver saw %+v, want %d packets", p.stream, s, n)
+		}
+		r, err := obs.Result(p.tag)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("observer at %s egress, claimed stream %s: %+v", cluster.TSNInterface, p.stream, r)
+		if r.Total != n || r.Right != n {
+			t.Errorf("claimed stream %s at %s egress: %d of %d packets left with the priority (and launch time) the pod set; by priority %v",
+				p.stream, cluster.TSNInterface, r.Right, r.Total, r.ByGot)
+		}
+	}
+	for _, p := range pods {
+		if _, err := c.Kubectl(ctx, "delete", "pod", p.name, "--wait=true", "--timeout=60s"); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// waitRunning waits until the pod's container runs.
+func waitRunning(ctx context.Context, t *testing.T, c *cluster.Cluster, name string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out, err := c.Kubectl(ctx, "get", "pod", name, "-o", "jsonpath={.status.phase}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch phase := strings.TrimSpace(string(out)); phase {
+		case "Running":
+			return
+		case "Succeeded", "Failed":
+			logs, _ := c.Kubectl(ctx, "logs", name)
+			t.Fatalf("pod %s: %s before it was seen running; its log:\n%s", name, phase, logs)
+		}
+		if time.Now().After(deadline) {
+			desc, _ := c.Kubectl(ctx, "describe", "pod", name)
+			t.Fatalf("pod %s not running after 2 minutes:\n%s", name, desc)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
