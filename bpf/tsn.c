@@ -685,6 +685,16 @@ static int gc_fire(void *map, __u32 *key, struct tsn_gc *gc)
 	return 0;
 }
 
+/* Expiry without bpf_timer, which PREEMPT_RT kernels refuse: the loader runs
+ * this every GC interval with BPF_PROG_TEST_RUN. Returns how many it freed. */
+SEC("tc")
+int tsn_gc_sweep(struct __sk_buff *skb)
+{
+	struct gc_ctx ctx = { .now = now_units() };
+	bpf_for_each_map_elem(&tsn_table, gc_elem, &ctx, 0);
+	return ctx.freed;
+}
+
 /* Run once by the loader (BPF_PROG_TEST_RUN) to start the GC timer, or to
  * switch it to this loader's program. The timer lives in a pinned map and
  * keeps firing after the loader exits. */

@@ -97,6 +97,7 @@ const (
 	TsnMapTsnTable          = "tsn_table"
 	TsnMapTsnWays           = "tsn_ways"
 	TsnProgTsnGcArm         = "tsn_gc_arm"
+	TsnProgTsnGcSweep       = "tsn_gc_sweep"
 	TsnProgTsnProbeClockTai = "tsn_probe_clock_tai"
 	TsnProgTsnRestorer      = "tsn_restorer"
 	TsnProgTsnSaver         = "tsn_saver"
@@ -153,6 +154,7 @@ type TsnSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type TsnProgramSpecs struct {
 	TsnGcArm         *ebpf.ProgramSpec `ebpf:"tsn_gc_arm"`
+	TsnGcSweep       *ebpf.ProgramSpec `ebpf:"tsn_gc_sweep"`
 	TsnProbeClockTai *ebpf.ProgramSpec `ebpf:"tsn_probe_clock_tai"`
 	TsnRestorer      *ebpf.ProgramSpec `ebpf:"tsn_restorer"`
 	TsnSaver         *ebpf.ProgramSpec `ebpf:"tsn_saver"`
@@ -242,6 +244,7 @@ type TsnVariables struct {
 // It can be passed to LoadTsnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TsnPrograms struct {
 	TsnGcArm         *ebpf.Program `ebpf:"tsn_gc_arm"`
+	TsnGcSweep       *ebpf.Program `ebpf:"tsn_gc_sweep"`
 	TsnProbeClockTai *ebpf.Program `ebpf:"tsn_probe_clock_tai"`
 	TsnRestorer      *ebpf.Program `ebpf:"tsn_restorer"`
 	TsnSaver         *ebpf.Program `ebpf:"tsn_saver"`
@@ -250,6 +253,7 @@ type TsnPrograms struct {
 func (p *TsnPrograms) Close() error {
 	return _TsnClose(
 		p.TsnGcArm,
+		p.TsnGcSweep,
 		p.TsnProbeClockTai,
 		p.TsnRestorer,
 		p.TsnSaver,

@@ -20,6 +20,10 @@ type Features struct {
 	// "mono delivery time" is marked, and other launch times take the clock
 	// from the pod's Policy.LaunchTimeClock.
 	ClockTypes bool
+	// Timer: entries expire by a bpf_timer in a pinned map, which keeps
+	// running without the manager. PREEMPT_RT kernels refuse bpf_timer: then
+	// the manager sweeps while it is open. Set by Open, not by ProbeFeatures.
+	Timer bool
 	// Fexit: fexit programs load. Reported for diagnostics only: the
 	// content-keyed map needs no clone tracking (docs/datapath.md).
 	Fexit bool

@@ -33,6 +33,12 @@ type Manager struct {
 	records  *ebpf.Map            // pinned saver records, for adoption
 	restorer *ebpf.Program
 
+	// Expiry without bpf_timer (PREEMPT_RT): a sweep run from a goroutine.
+	sweep     *ebpf.Program
+	stopSweep chan struct{}
+	sweepDone chan struct{}
+	timerErr  error
+
 	mu       sync.Mutex
 	closed   bool
 	savers   map[string]*saverState // by pod UID
@@ -115,8 +121,11 @@ func Open(ctx context.Context, opts ...Option) (*Manager, error) {
 		return nil, err
 	}
 	m.prepare(ctx)
+	if m.timerErr != nil {
+		log.Info("kernel refuses bpf_timer (PREEMPT_RT?): expiring entries from a goroutine while open", "err", m.timerErr)
+	}
 	log.Info("eBPF data path ready", "pinDir", o.pinDir, "mode", m.mode, "clockTypes", m.features.ClockTypes,
-		"fexit", m.features.Fexit, "maxPods", o.maxPods, "quota", o.quota, "ttl", o.ttl, "adoptedSavers", len(m.savers))
+		"fexit", m.features.Fexit, "timer", m.features.Timer, "maxPods", o.maxPods, "quota", o.quota, "ttl", o.ttl, "adoptedSavers", len(m.savers))
 	return m, nil
 }
 
@@ -181,18 +190,60 @@ func (m *Manager) load() error {
 
 	var objs struct {
 		Restorer *ebpf.Program `ebpf:"tsn_restorer"`
-		GCArm    *ebpf.Program `ebpf:"tsn_gc_arm"`
 	}
 	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: m.maps}); err != nil {
 		return fmt.Errorf("load restorer: %w", err)
 	}
 	m.restorer = objs.Restorer
-	defer objs.GCArm.Close()
-	// (Re)arm the expiry timer: it lives in the pinned map and survives us.
-	ret, err := objs.GCArm.Run(&ebpf.RunOptions{Data: probePacket()})
-	if err != nil || ret != 0 {
-		return fmt.Errorf("arm expiry timer: ret %d: %v", ret, err)
+	return m.startExpiry()
+}
+
+// startExpiry (re)arms the expiry timer, which lives in the pinned map and
+// keeps running without us. Kernels that refuse bpf_timer (PREEMPT_RT) get a
+// sweep program run from a goroutine instead, while the manager is open.
+func (m *Manager) startExpiry() error {
+	opts := &ebpf.CollectionOptions{MapReplacements: m.maps}
+	if m.opts.timer == nil || *m.opts.timer {
+		var arm struct {
+			GCArm *ebpf.Program `ebpf:"tsn_gc_arm"`
+		}
+		err := m.spec.LoadAndAssign(&arm, opts)
+		if err == nil {
+			defer arm.GCArm.Close()
+			ret, err := arm.GCArm.Run(&ebpf.RunOptions{Data: probePacket()})
+			if err != nil || ret != 0 {
+				return fmt.Errorf("arm expiry timer: ret %d: %v", ret, err)
+			}
+			m.features.Timer = true
+			return nil
+		}
+		if m.opts.timer != nil {
+			return fmt.Errorf("load expiry timer program: %w", err)
+		}
+		m.timerErr = err
 	}
+	var sw struct {
+		Sweep *ebpf.Program `ebpf:"tsn_gc_sweep"`
+	}
+	if err := m.spec.LoadAndAssign(&sw, opts); err != nil {
+		return fmt.Errorf("load expiry sweep program: %w", err)
+	}
+	m.sweep = sw.Sweep
+	m.stopSweep = make(chan struct{})
+	m.sweepDone = make(chan struct{})
+	go func() {
+		defer close(m.sweepDone)
+		t := time.NewTicker(m.opts.gcInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-m.stopSweep:
+				return
+			case <-t.C:
+				_, _ = m.sweep.Run(&ebpf.RunOptions{Data: probePacket()})
+			}
+		}
+	}()
 	return nil
 }
 
@@ -598,6 +649,11 @@ func (m *Manager) Close() error {
 	m.closed = true
 	m.mu.Unlock()
 	m.refill.Wait()
+	if m.stopSweep != nil {
+		close(m.stopSweep)
+		<-m.sweepDone
+		m.stopSweep = nil
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var errs []error
@@ -607,6 +663,9 @@ func (m *Manager) Close() error {
 	}
 	if m.restorer != nil {
 		errs = append(errs, m.restorer.Close())
+	}
+	if m.sweep != nil {
+		errs = append(errs, m.sweep.Close())
 	}
 	for _, mp := range m.maps {
 		errs = append(errs, mp.Close())

@@ -26,6 +26,7 @@ type options struct {
 	mode       AttachMode
 	saverMode  AttachMode
 	clockTypes *bool
+	timer      *bool
 	prepared   int
 }
 
@@ -83,6 +84,11 @@ func WithSaverAttachMode(m AttachMode) Option { return func(o *options) { o.save
 // WithKernelClockTypes overrides the probe for BPF_SKB_CLOCK_TAI (6.11); false
 // runs the path for older kernels.
 func WithKernelClockTypes(have bool) Option { return func(o *options) { o.clockTypes = &have } }
+
+// WithKernelTimer overrides whether entries expire by a bpf_timer in the kernel
+// (default: when the kernel allows it; PREEMPT_RT kernels refuse it) or by a
+// sweep the manager runs while it is open; false runs the latter.
+func WithKernelTimer(use bool) Option { return func(o *options) { o.timer = &use } }
 
 // WithPreparedSavers sets how many saver programs are loaded ahead of time so
 // AttachSaver need not wait for the verifier (default 2).

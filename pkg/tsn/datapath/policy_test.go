@@ -172,13 +172,22 @@ func TestOtherTrafficUntouched(t *testing.T) {
 // TestMapBounded: a pod flooding local destinations (packets that never reach
 // the NIC) holds at most its quota of entries, they expire, and another pod
 // keeps every restore meanwhile.
+//
+// Expiry runs on a bpf_timer where the kernel allows it, and on a sweep the
+// manager runs where it does not (PREEMPT_RT): the "sweep" subtest forces it.
 func TestMapBounded(t *testing.T) {
 	needRoot(t)
+	t.Run("default", func(t *testing.T) { testMapBounded(t) })
+	t.Run("sweep", func(t *testing.T) { testMapBounded(t, datapath.WithKernelTimer(false)) })
+}
+
+func testMapBounded(t *testing.T, opts ...datapath.Option) {
 	ctx := testCtx(t)
 	n := newNode(t, netemu.Routed, 2)
 	const quota = 128
-	m := openManager(t, n, pinDir(t), datapath.WithQuota(quota), datapath.WithMaxPods(8),
-		datapath.WithTTL(300*time.Millisecond), datapath.WithGCInterval(100*time.Millisecond))
+	m := openManager(t, n, pinDir(t), append([]datapath.Option{datapath.WithQuota(quota), datapath.WithMaxPods(8),
+		datapath.WithTTL(300 * time.Millisecond), datapath.WithGCInterval(100 * time.Millisecond)}, opts...)...)
+	t.Logf("features %+v", m.Features())
 	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
 		t.Fatal(err)
 	}
