@@ -74,6 +74,7 @@ kernel_dir() {
 		rm -rf "$dir" && mkdir -p "$dir"
 		(cd "$cache/debs" && apt-get download -qq -o APT::Sandbox::User=root "$pkg=$ver")
 		dpkg-deb -x "$cache/debs/${pkg}_${ver//:/%3a}_amd64.deb" "$dir"
+		rm -f "$cache/debs/${pkg}_"*.deb
 		touch "$dir/.done"
 	fi
 	echo "$dir"
@@ -180,6 +181,7 @@ for flavour in $kernels; do
 	initrd=$cache/initramfs/$version-$(sha256sum "$here/init" "$here/vmtest.sh" | sha256sum | cut -c1-12).cpio.gz
 	if [[ ! -f $initrd ]]; then
 		mkdir -p "$cache/initramfs"
+		rm -f "$cache/initramfs/$version-"*.cpio.gz # built by an older init or script
 		log "building initramfs for $version"
 		build_initramfs "$kdir" "$version" "$initrd"
 	fi
