@@ -3,6 +3,8 @@ package qdisc
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 
@@ -72,8 +74,9 @@ type Link struct {
 	Index int
 }
 
-// Link looks a device up by name. TxQueues is the number of queues in use: the
-// ethtool channel counts when the driver reports them, else the allocated count.
+// Link looks a device up by name. TxQueues is the number of transmit queues in
+// use (real_num_tx_queues, what taprio and mqprio check queue maps against), read
+// from sysfs; when sysfs cannot be read, the allocated count from netlink.
 func (c *Client) Link(name string) (Link, error) {
 	l, err := c.links.LinkByName(name)
 	if err != nil {
@@ -81,12 +84,65 @@ func (c *Client) Link(name string) (Link, error) {
 	}
 	attrs := l.Attrs()
 	link := Link{Device: Device{Name: attrs.Name, TxQueues: attrs.NumTxQueues}, Index: attrs.Index}
-	if ch, err := c.Channels(name); err == nil {
-		if n := int(ch.TxCount + ch.CombinedCount); n > 0 {
-			link.TxQueues = n
-		}
+	if n, err := c.realTxQueues(attrs.Name); err == nil && n > 0 {
+		link.TxQueues = n
 	}
 	return link, nil
+}
+
+// realTxQueues counts /sys/class/net/<name>/queues/tx-*. Netlink reports only
+// the allocated queues, and ethtool's channel counts overlap on some drivers
+// (veth reports the same queues as tx and combined).
+func (c *Client) realTxQueues(name string) (int, error) {
+	if !c.ns.IsOpen() {
+		return countTxQueues("/sys", name)
+	}
+	// sysfs shows the devices of the namespace that mounted it: mount one in a
+	// private mount namespace on a thread that is thrown away afterwards (a
+	// goroutine that exits locked to its thread takes the thread with it).
+	type result struct {
+		n   int
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		n, err := func() (int, error) {
+			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+				return 0, fmt.Errorf("unshare mount namespace: %w", err)
+			}
+			if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+				return 0, fmt.Errorf("make mounts private: %w", err)
+			}
+			if err := netns.Set(c.ns); err != nil {
+				return 0, fmt.Errorf("enter netns: %w", err)
+			}
+			dir, err := os.MkdirTemp("", "qdisc-sysfs-")
+			if err != nil {
+				return 0, err
+			}
+			defer os.Remove(dir)
+			if err := unix.Mount("sysfs", dir, "sysfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+				return 0, fmt.Errorf("mount sysfs: %w", err)
+			}
+			defer unix.Unmount(dir, unix.MNT_DETACH)
+			return countTxQueues(dir, name)
+		}()
+		ch <- result{n, err}
+	}()
+	r := <-ch
+	return r.n, r.err
+}
+
+func countTxQueues(sysfs, name string) (int, error) {
+	m, err := filepath.Glob(filepath.Join(sysfs, "class/net", name, "queues/tx-*"))
+	if err != nil {
+		return 0, err
+	}
+	if len(m) == 0 {
+		return 0, fmt.Errorf("no tx queues of %s in sysfs", name)
+	}
+	return len(m), nil
 }
 
 // Installed is one qdisc as the kernel reports it.

@@ -398,3 +398,38 @@ func TestKernelApplyFromSchedule(t *testing.T) {
 		t.Fatalf("children %v, want etf on queues 0, 2 and 3", s.Children)
 	}
 }
+
+// TxQueues sets the device's transmit queues through ethtool channels, and a
+// failed apply puts the old count back with the old qdiscs.
+func TestKernelTxQueues(t *testing.T) {
+	n := newTestNIC(t, 8)
+	n.requireKinds(t, "taprio", "etf")
+	if got := n.link(t).TxQueues; got != 8 {
+		t.Fatalf("fresh veth has %d tx queues, want 8", got)
+	}
+	a := vmTaprio(t) // uses queues 0..3
+	mustApply(t, n, Config{Root: a, TxQueues: 4})
+	if got := n.link(t).TxQueues; got != 4 {
+		t.Fatalf("after apply: %d tx queues, want 4", got)
+	}
+	wantRoot(t, n.snapshot(t), "taprio", MakeHandle(0x7a50, 0), a)
+
+	b := vmTaprio(t)
+	b.PrioMap = prioMap(2, []uint8{1, 0}, QueueRange{1, 0}, QueueRange{1, 1})
+	b.Entries = []GateEntry{{GateSet, 0x1, 500000}, {GateSet, 0x2, 500000}}
+	bad := &ETF{Clock: ClockTAI, Delta: 100000, Offload: true}
+	if err := n.client.Apply(testCtx(t), n.name, Config{Root: b, TxQueues: 2, Children: []Child{{1, bad}}}); err == nil {
+		t.Fatal("failing apply succeeded")
+	}
+	if got := n.link(t).TxQueues; got != 4 {
+		t.Fatalf("after rollback: %d tx queues, want 4", got)
+	}
+	wantRoot(t, n.snapshot(t), "taprio", MakeHandle(0x7a50, 0), a)
+
+	// More queues than the device has is a field error, and nothing changes.
+	err := n.client.Apply(testCtx(t), n.name, Config{Root: a, TxQueues: 9})
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "txQueues" {
+		t.Fatalf("9 queues on an 8-queue veth: %v, want a txQueues field error", err)
+	}
+}
