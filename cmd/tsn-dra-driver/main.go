@@ -189,7 +189,10 @@ func watchLinks(ctx context.Context, disc *nic.Discoverer, d *driver.Driver, deb
 	logger := klog.FromContext(ctx)
 	kick := make(chan struct{}, 1)
 	go func() {
-		err := disc.Watch(ctx, func(nic.Change) {
+		err := disc.Watch(ctx, func(c nic.Change) {
+			if !d.LinkRelevant(c.Name) {
+				return
+			}
 			select {
 			case kick <- struct{}{}:
 			default:

@@ -17,8 +17,8 @@ import (
 const checkpointVersion = 1
 
 // checkpoint persists the prepared claims in one JSON file. Each write replaces the file
-// atomically (temporary file, fsync, rename, fsync of the directory), so a crash leaves either
-// the old or the new state, never a mix. A checksum catches a file damaged otherwise.
+// atomically (temporary file, fsync, rename), so a crash leaves either the old or the new state,
+// never a mix. A checksum catches a file damaged otherwise.
 type checkpoint struct {
 	path string
 }
@@ -45,7 +45,7 @@ func (c *checkpoint) load() (map[types.UID]PreparedClaim, error) {
 	if f.Version != checkpointVersion {
 		return nil, fmt.Errorf("checkpoint %s has version %d, this driver reads version %d", c.path, f.Version, checkpointVersion)
 	}
-	// The file is indented; the checksum covers the compact encoding.
+	// The checksum covers the compact encoding, so a reformatted (e.g. hand-indented) file still loads.
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, f.Claims); err != nil {
 		return nil, fmt.Errorf("checkpoint %s is damaged: %w", c.path, err)
@@ -65,7 +65,8 @@ func (c *checkpoint) store(claims map[types.UID]PreparedClaim) error {
 	if err != nil {
 		return fmt.Errorf("encode checkpoint: %w", err)
 	}
-	data, err := json.MarshalIndent(checkpointFile{Version: checkpointVersion, Checksum: checksum(body), Claims: body}, "", " ")
+	// Compact: the file is rewritten on every change, and indenting doubles the encoding cost.
+	data, err := json.Marshal(checkpointFile{Version: checkpointVersion, Checksum: checksum(body), Claims: body})
 	if err != nil {
 		return fmt.Errorf("encode checkpoint: %w", err)
 	}
@@ -89,14 +90,11 @@ func (c *checkpoint) store(claims map[types.UID]PreparedClaim) error {
 	if err := os.Rename(tmp.Name(), c.path); err != nil {
 		return fmt.Errorf("replace checkpoint: %w", err)
 	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync checkpoint directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync checkpoint directory: %w", err)
-	}
+	// The directory is not synced: after a power loss the rename may be lost and the previous
+	// (complete) checkpoint comes back. That is harmless, since a node that lost power has lost
+	// its pods too and the kubelet prepares and unprepares again (both idempotent); what must never
+	// happen, a damaged file, is prevented by syncing the data before the rename. Skipping the
+	// second journal commit halves the cost of a Prepare on a busy disk.
 	return nil
 }
 

@@ -234,6 +234,27 @@ func (d *Driver) UpdateConfig(ctx context.Context, cfg *config.NodeConfig) error
 	return d.Rescan(ctx)
 }
 
+// LinkRelevant says whether an event on the link called name can change the devices: it is (or
+// may become) a configured NIC's interface. Pod veths coming and going are not, unless a NIC is
+// selected by PCI address or driver, or one is still missing. An empty name (a resync after
+// lost events) is always relevant.
+func (d *Driver) LinkRelevant(name string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if name == "" {
+		return true
+	}
+	for _, n := range d.inv.nics {
+		if n.cfg.Match.InterfaceName == "" || n.cfg.Match.InterfaceName == name {
+			return true
+		}
+		if n.info != nil && n.info.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 // Rescan looks at the NICs again (after a link change) and republishes the devices.
 func (d *Driver) Rescan(ctx context.Context) error {
 	d.mu.Lock()

@@ -362,7 +362,7 @@ func TestCheckpointSurvivesRestart(t *testing.T) {
 	// A damaged checkpoint stops the driver instead of forgetting claims.
 	cp := filepath.Join(dir, checkpointFileName)
 	data, _ := os.ReadFile(cp)
-	os.WriteFile(cp, []byte(strings.Replace(string(data), `"checksum": "`, `"checksum": "0`, 1)), 0o600)
+	os.WriteFile(cp, []byte(strings.Replace(string(data), `"checksum":"`, `"checksum":"0`, 1)), 0o600)
 	_, err := New(ctx, Options{DriverName: DefaultDriverName, NodeName: testNode, KubeClient: newClient(), Discoverer: disc, Config: mustConfig(t), StateDir: dir})
 	if err == nil || !strings.Contains(err.Error(), "is damaged: checksum") {
 		t.Errorf("damaged checkpoint: %v", err)
@@ -427,6 +427,19 @@ func TestHooks(t *testing.T) {
 	}
 	if len(h.prepared) != 2 || len(h.unprepared) != 2 {
 		t.Errorf("hook calls %v %v", h.prepared, h.unprepared)
+	}
+}
+
+func TestLinkRelevant(t *testing.T) {
+	d, _ := newTestDriver(t, newClient(), newFakeDiscoverer(), t.TempDir(), nil)
+	// tsn1 is selected by driver: any link may matter.
+	if !d.LinkRelevant("veth1234") || !d.LinkRelevant("") {
+		t.Errorf("driver selector: events must count")
+	}
+	d.cfg.NICs = d.cfg.NICs[:1]
+	d.inv = buildInventory(d.cfg, d.opts.Discoverer)
+	if d.LinkRelevant("veth1234") || !d.LinkRelevant("enp1s0") || !d.LinkRelevant("") {
+		t.Errorf("name selector: only the NIC's events count")
 	}
 }
 
