@@ -62,12 +62,13 @@ e2e-build:
 	hack/e2e/build.sh
 
 ## e2e: end-to-end tests on a real single-node Kubernetes (root; see docs/e2e.md).
+# hack/e2e imports this module through a replace; -mod=mod lets it follow this go.mod.
 e2e: e2e-build
-	cd hack/e2e && $(GO) test $(TEST_FLAGS) -v -timeout 50m ./...
+	cd hack/e2e && $(GO) test -mod=mod $(TEST_FLAGS) -v -timeout 50m ./...
 
 ## e2e-cluster: start the e2e cluster and keep it up until Ctrl-C (root; see docs/e2e.md).
 e2e-cluster: e2e-build
-	cd hack/e2e && $(GO) run ./cmd/e2e-cluster -repo $(CURDIR)
+	cd hack/e2e && $(GO) run -mod=mod ./cmd/e2e-cluster -repo $(CURDIR)
 
 ## vmtest: the kernel tests (taprio, etf, mqprio, data path on clsact + fexit, seed experiment) as root
 ##   inside Debian's 6.1 generic and PREEMPT_RT kernels under qemu (root; see docs/vmtest.md).

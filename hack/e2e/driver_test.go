@@ -203,72 +203,200 @@ func driverScenario(ctx context.Context, t *testing.T, c *cluster.Cluster, repo 
 	}{{"tsn-class1", 1}, {"tsn-class2", 2}} {
 		apply(ctx, t, c, claimTemplate(tmpl.name, tmpl.class))
 	}
-	// deployments/20-configmap.yaml maps socket priority 3 to class 1 and 2 to class 2.
-	// The talkers run for 3 s: a claim made from a template is deleted when
-	// its pod ends, so its status is read while the pod runs.
+	// deployments/20-configmap.yaml maps socket priority 3 to class 1 and 2 to
+	// class 2. The talkers run for 3 s: a claim made from a template is deleted
+	// when its pod ends, so its status is read while the pod runs.
 	const n = 3000
-	pods := []struct {
-		talkerPod
-		template string
-		class    int
-	}{
-		{talkerPod{name: "claim-class1", stream: "class1", tag: 11, args: []string{"-priority", "3"}}, "tsn-class1", 1},
-		{talkerPod{name: "claim-class2", stream: "class2-txtime", tag: 12, netAdmin: true,
-			args: []string{"-priority", "2", "-txtime", "-txtime-offset", "1ms"}}, "tsn-class2", 2},
+	pods := []scenarioPod{
+		{talkerPod: talkerPod{name: "claim-class1", stream: "class1", tag: 11, args: []string{"-priority", "3"}},
+			template: "tsn-class1", class: 1, want: restored},
+		{talkerPod: talkerPod{name: "claim-class2", stream: "class2-txtime", tag: 12, netAdmin: true,
+			args: []string{"-priority", "2", "-txtime", "-txtime-offset", "1ms"}}, template: "tsn-class2", class: 2, want: restored},
+		// No claim: the pod may set priority 1, it leaves with 0.
+		{talkerPod: talkerPod{name: "noclaim-prio1", stream: "noclaim-prio1", tag: 13, args: []string{"-priority", "1"}}, want: bestEffort},
+		// Claims class 2, sends with priority 1 (not its class): demoted, not restored.
+		{talkerPod: talkerPod{name: "claim-class2-sends1", stream: "class2-sends1", tag: 14, args: []string{"-priority", "1"}},
+			template: "tsn-class2", class: 2, want: demoted},
 	}
 	rcv := startReceiver(ctx, t, c, rcvBin)
 	if err := obs.Reset(); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range pods {
-		apply(ctx, t, c, claimedTalker(p.talkerPod, p.template, n))
+		if p.template == "" {
+			apply(ctx, t, c, p.manifest(n))
+		} else {
+			apply(ctx, t, c, claimedTalker(p.talkerPod, p.template, n))
+		}
 	}
 	for _, p := range pods {
-		waitRunning(ctx, t, c, p.name)
-		cs := podClaim(ctx, t, c, p.name)
-		if cs.Status.Allocation == nil || len(cs.Status.Allocation.Devices.Results) != 1 {
-			t.Errorf("pod %s: claim %s not allocated one device: %+v", p.name, cs.Metadata.Name, cs.Status)
+		if p.template == "" {
 			continue
 		}
-		res := cs.Status.Allocation.Devices.Results[0]
-		if want := devs[int64(p.class)].Name; res.Driver != driverName || res.Device != want {
-			t.Errorf("pod %s: allocated %s/%s, want %s/%s", p.name, res.Driver, res.Device, driverName, want)
-		}
-		ready := false
-		for _, ds := range cs.Status.Devices {
-			for _, cond := range ds.Conditions {
-				if ds.Device == res.Device && cond.Type == "Ready" && cond.Status == "True" {
-					ready = true
-				}
-			}
-		}
-		if !ready {
-			t.Errorf("pod %s: claim %s has no Ready device status: %+v", p.name, cs.Metadata.Name, cs.Status.Devices)
-		}
+		waitRunning(ctx, t, c, p.name)
+		checkClaim(ctx, t, c, p.name, devs[int64(p.class)].Name)
 	}
 	for _, p := range pods {
 		d := waitSucceeded(ctx, t, c, p.name)
-		t.Logf("TIMING claimed pod %s: created to Succeeded in %v", p.name, d.Round(time.Millisecond))
+		t.Logf("TIMING pod %s: created to Succeeded in %v", p.name, d.Round(time.Millisecond))
 	}
 	rep := rcv.stop(t)
 	for _, p := range pods {
 		if s := rep.stream(p.stream); s == nil || s.Packets != n {
-			t.Errorf("claimed stream %s: receiver saw %+v, want %d packets", p.stream, s, n)
+			t.Errorf("stream %s: receiver saw %+v, want %d packets", p.stream, s, n)
 		}
-		r, err := obs.Result(p.tag)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("observer at %s egress, claimed stream %s: %+v", cluster.TSNInterface, p.stream, r)
-		if r.Total != n || r.Right != n {
-			t.Errorf("claimed stream %s at %s egress: %d of %d packets left with the priority (and launch time) the pod set; by priority %v",
-				p.stream, cluster.TSNInterface, r.Right, r.Total, r.ByGot)
-		}
+		checkObserved(t, obs, p, n)
 	}
 	for _, p := range pods {
 		if _, err := c.Kubectl(ctx, "delete", "pod", p.name, "--wait=true", "--timeout=60s"); err != nil {
 			t.Error(err)
 		}
+	}
+	waitCheckpointEmpty(ctx, t, c)
+
+	t.Run("DriverRestartMidTraffic", func(t *testing.T) {
+		// 8 s of traffic; the driver pod is deleted 2 s in and the DaemonSet
+		// brings it back: the claimed pod's packets must keep their priority.
+		const n = 8000
+		p := scenarioPod{talkerPod: talkerPod{name: "claim-class1-restart", stream: "class1-restart", tag: 15, args: []string{"-priority", "3"}},
+			template: "tsn-class1", class: 1, want: restored}
+		// A receiver must listen: without one, the wire answers with ICMP port
+		// unreachable and the talker's next send fails.
+		rcv := startReceiver(ctx, t, c, rcvBin)
+		if err := obs.Reset(); err != nil {
+			t.Fatal(err)
+		}
+		apply(ctx, t, c, claimedTalker(p.talkerPod, p.template, n))
+		waitRunning(ctx, t, c, p.name)
+		time.Sleep(2 * time.Second)
+		start := time.Now()
+		if _, err := c.Kubectl(ctx, "-n", driverNamespace, "delete", "pod", "-l", "app.kubernetes.io/name=tsn-dra-driver", "--wait=true"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Kubectl(ctx, "-n", driverNamespace, "rollout", "status", "daemonset/"+driverDaemonSet, "--timeout=120s"); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("TIMING driver pod deleted and back ready in %v", time.Since(start).Round(time.Millisecond))
+		waitSucceeded(ctx, t, c, p.name)
+		if s := rcv.stop(t).stream(p.stream); s == nil || s.Packets != n {
+			t.Errorf("stream %s: receiver saw %+v, want %d packets", p.stream, s, n)
+		}
+		checkObserved(t, obs, p, n)
+		if _, err := c.Kubectl(ctx, "delete", "pod", p.name, "--wait=true", "--timeout=60s"); err != nil {
+			t.Error(err)
+		}
+		waitCheckpointEmpty(ctx, t, c)
+	})
+}
+
+type expectation int
+
+const (
+	restored   expectation = iota // leaves tsn0 with the priority (and launch time) the pod set
+	bestEffort                    // no claim: leaves with priority 0
+	demoted                       // claimed another class: must not leave with the priority it set
+)
+
+type scenarioPod struct {
+	talkerPod
+	template string // ResourceClaimTemplate; "" for no claim
+	class    int
+	want     expectation
+}
+
+func (p scenarioPod) sentPriority() uint32 {
+	for i, a := range p.args {
+		if a == "-priority" && i+1 < len(p.args) {
+			var v uint32
+			fmt.Sscan(p.args[i+1], &v)
+			return v
+		}
+	}
+	return 0
+}
+
+// checkObserved checks what the observer at tsn0's egress saw of p's stream.
+func checkObserved(t *testing.T, obs *observe.Observer, p scenarioPod, n uint64) {
+	t.Helper()
+	r, err := obs.Result(p.tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("observer at %s egress, stream %s: %+v", cluster.TSNInterface, p.stream, r)
+	if r.Total != n {
+		t.Errorf("stream %s: %d packets at %s egress, want %d", p.stream, r.Total, cluster.TSNInterface, n)
+	}
+	switch p.want {
+	case restored:
+		if r.Right != n {
+			t.Errorf("claimed stream %s: %d of %d packets left %s with the priority (and launch time) the pod set; by priority %v",
+				p.stream, r.Right, r.Total, cluster.TSNInterface, r.ByGot)
+		}
+	case bestEffort:
+		if r.ByGot[0] != n {
+			t.Errorf("unclaimed stream %s: %d of %d packets left %s with priority 0; by priority %v",
+				p.stream, r.ByGot[0], r.Total, cluster.TSNInterface, r.ByGot)
+		}
+	case demoted:
+		if prio := p.sentPriority(); r.ByGot[prio] != 0 {
+			t.Errorf("stream %s sent priority %d outside its claimed class: %d packets left %s with it; by priority %v",
+				p.stream, prio, r.ByGot[prio], cluster.TSNInterface, r.ByGot)
+		}
+	}
+}
+
+// checkClaim checks the pod's generated claim: allocated the wanted device,
+// and the driver's device status says Ready.
+func checkClaim(ctx context.Context, t *testing.T, c *cluster.Cluster, pod, wantDevice string) {
+	t.Helper()
+	cs := podClaim(ctx, t, c, pod)
+	if cs.Status.Allocation == nil || len(cs.Status.Allocation.Devices.Results) != 1 {
+		t.Errorf("pod %s: claim %s not allocated one device: %+v", pod, cs.Metadata.Name, cs.Status)
+		return
+	}
+	res := cs.Status.Allocation.Devices.Results[0]
+	if res.Driver != driverName || res.Device != wantDevice {
+		t.Errorf("pod %s: allocated %s/%s, want %s/%s", pod, res.Driver, res.Device, driverName, wantDevice)
+	}
+	for _, ds := range cs.Status.Devices {
+		for _, cond := range ds.Conditions {
+			if ds.Device == res.Device && cond.Type == "Ready" && cond.Status == "True" {
+				iface := ""
+				if ds.NetworkData != nil {
+					iface = ds.NetworkData.InterfaceName
+				}
+				t.Logf("pod %s: claim %s Ready on %s, pod interface %q", pod, cs.Metadata.Name, res.Device, iface)
+				return
+			}
+		}
+	}
+	t.Errorf("pod %s: claim %s has no Ready device status: %+v", pod, cs.Metadata.Name, cs.Status.Devices)
+}
+
+// waitCheckpointEmpty waits until the driver's checkpoint lists no prepared
+// claim: every claim was unprepared.
+func waitCheckpointEmpty(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	const path = "/var/lib/tsn-dra-driver/checkpoint.json"
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := c.InNode(ctx, "cat", path)
+		if err != nil {
+			t.Fatalf("reading the driver's checkpoint: %v", err)
+		}
+		var f struct {
+			Claims map[string]json.RawMessage `json:"claims"`
+		}
+		if err := json.Unmarshal(out, &f); err != nil {
+			t.Fatalf("checkpoint %s: %v\n%s", path, err, out)
+		}
+		if len(f.Claims) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("claims still prepared a minute after their pods were deleted: %s", out)
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }
 

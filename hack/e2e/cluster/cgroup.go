@@ -121,11 +121,11 @@ func (t *cgroupTree) join(sub string, pid int) error {
 	return nil
 }
 
-// pids lists every process in the tree, in any hierarchy.
-func (t *cgroupTree) pids() []int {
+// pids lists every process in the tree below sub ("" for all), in any hierarchy.
+func (t *cgroupTree) pids(sub string) []int {
 	seen := map[int]bool{}
 	for _, m := range t.mounts {
-		filepath.WalkDir(filepath.Join(m, t.path), func(p string, d fs.DirEntry, err error) error {
+		filepath.WalkDir(filepath.Join(m, t.path, sub), func(p string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
 				return nil
 			}
@@ -146,11 +146,11 @@ func (t *cgroupTree) pids() []int {
 	return pids
 }
 
-// kill SIGKILLs every process in the tree until none is left.
-func (t *cgroupTree) kill(timeout time.Duration) error {
+// kill SIGKILLs every process in the tree below sub ("" for all) until none is left.
+func (t *cgroupTree) kill(sub string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		pids := t.pids()
+		pids := t.pids(sub)
 		if len(pids) == 0 {
 			return nil
 		}

@@ -327,6 +327,19 @@ func (c *Cluster) Dump(ctx context.Context, w io.Writer) {
 			fmt.Fprintln(w, err)
 		}
 	}
+	if out, err := c.Kubectl(ctx, "get", "pods", "-A", "-o", `jsonpath={range .items[*]}{.metadata.namespace}{" "}{.metadata.name}{"\n"}{end}`); err == nil {
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			ns, name, ok := strings.Cut(line, " ")
+			if !ok {
+				continue
+			}
+			logs, err := c.Kubectl(ctx, "logs", "-n", ns, name, "--all-containers", "--tail=100")
+			fmt.Fprintf(w, "\n=== logs of pod %s/%s (tail)\n%s", ns, name, logs)
+			if err != nil {
+				fmt.Fprintln(w, err)
+			}
+		}
+	}
 	for _, p := range c.procs {
 		b, _ := os.ReadFile(c.path("logs", p.name+".log"))
 		if len(b) > 8000 {
@@ -359,8 +372,15 @@ func (c *Cluster) stop() error {
 		}
 	}
 	if c.cg != nil {
-		// Components are in "components"; what containerd started (shims and,
-		// through runc, containers under the kubelet's cgroup root) is also in the tree.
+		// Containers live under the kubelet's cgroup root ("pods"): kill them
+		// before the control plane stops, or the API server waits for their
+		// watches (the driver's) to end. Shims and the components are in
+		// "components".
+		t := time.Now()
+		if err := c.cg.kill("pods", 30*time.Second); err != nil {
+			errs = append(errs, err)
+		}
+		c.cfg.Logf("cluster: killed the containers in %v", time.Since(t).Round(time.Millisecond))
 		for _, n := range []string{"kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"} {
 			if p := byName[n]; p != nil {
 				t := time.Now()
@@ -368,8 +388,8 @@ func (c *Cluster) stop() error {
 				c.cfg.Logf("cluster: stopped %s in %v", n, time.Since(t).Round(time.Millisecond))
 			}
 		}
-		t := time.Now()
-		if err := c.cg.kill(30 * time.Second); err != nil {
+		t = time.Now()
+		if err := c.cg.kill("", 30*time.Second); err != nil {
 			errs = append(errs, err)
 		}
 		c.cfg.Logf("cluster: killed what was left in the cgroups in %v", time.Since(t).Round(time.Millisecond))
