@@ -43,6 +43,7 @@ static_busybox() { [[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1; 
 static_busybox || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
 [[ -x /usr/sbin/tc ]] || need+=(iproute2)
+[[ -x /usr/sbin/xtables-nft-multi ]] || need+=(iptables)
 command -v modinfo >/dev/null || need+=(kmod)
 if ((${#need[@]})); then
 	log "installing ${need[*]}"
@@ -81,13 +82,16 @@ kernel_dir() {
 }
 
 # --- initramfs ----------------------------------------------------------------
-# Modules the tests need; their dependencies are added from modinfo. Modules built
-# into a kernel are skipped.
+# Modules the tests need, loaded in this order; their dependencies are added from
+# modinfo. Modules built into a kernel are skipped. Soft dependencies are not
+# followed (they name aliases), so crc32c_generic, which libcrc32c (netfilter)
+# needs, is listed by hand.
 # xfrm_user and nfnetlink: vishvananda/netlink's NewHandle opens XFRM and netfilter
 # sockets unless told which families to use, and fails without them.
 modules=(virtio_pci 9pnet_virtio 9p veth sch_taprio sch_etf sch_mqprio sch_cbs sch_prio
 	sch_htb sch_ingress sch_fq_codel cls_bpf cls_u32 act_bpf act_gact bridge vxlan dummy
-	xfrm_user nfnetlink ${VMTEST_EXTRA_MODULES:-})
+	xfrm_user nfnetlink crc32c_generic nf_tables nft_compat nft_chain_nat xt_MASQUERADE xt_nat xt_tcpudp
+	${VMTEST_EXTRA_MODULES:-})
 
 # module_order KDIR VERSION: prints .ko paths with dependencies first.
 module_order() {
@@ -124,8 +128,8 @@ copy_with_libs() {
 }
 
 build_initramfs() {
-	local kdir=$1 version=$2 out=$3 root
-	root=$(mktemp -d)
+	local kdir=$1 version=$2 image=$3 root
+	root=$(mktemp -d "$out/initramfs.XXXXXX") # under $out: removed on exit, also on failure
 	mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,run,repo,out,lib/modules,usr/sbin}
 	cp /bin/busybox "$root/bin/busybox"
 	for applet in $(/bin/busybox --list); do
@@ -134,6 +138,14 @@ build_initramfs() {
 	# iproute2's own tc and ip, for what busybox's applets cannot do (called by full path).
 	copy_with_libs /usr/sbin/tc "$root"
 	copy_with_libs /usr/sbin/ip "$root"
+	# iptables (nft backend) for the NAT topologies of the data path tests; its
+	# extensions are loaded with dlopen, so the whole extension directory goes in.
+	copy_with_libs /usr/sbin/xtables-nft-multi "$root"
+	ln -s xtables-nft-multi "$root/usr/sbin/iptables"
+	ln -s xtables-nft-multi "$root/usr/sbin/ip6tables"
+	mkdir -p "$root/usr/lib/x86_64-linux-gnu"
+	cp -a /usr/lib/x86_64-linux-gnu/xtables "$root/usr/lib/x86_64-linux-gnu/"
+	cp /etc/protocols /etc/services "$root/etc/" 2>/dev/null || true
 	local m
 	: >"$root/etc/modules.order"
 	while read -r m; do
@@ -148,8 +160,8 @@ build_initramfs() {
 		echo "${m%.zst}" >>"$root/etc/modules.order"
 	done < <(module_order "$kdir" "$version")
 	install -m 0755 "$here/init" "$root/init"
-	(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out.tmp"
-	mv "$out.tmp" "$out"
+	(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$image.tmp"
+	mv "$image.tmp" "$image"
 	rm -rf "$root"
 }
 
