@@ -6,7 +6,11 @@
 //  2. stop the kubelet plugin: the registration and DRA gRPC servers, then the ResourceSlice
 //     controller (slices stay; the kubelet removes them when the plugin stays unregistered);
 //  3. flush events;
-//  4. stop the HTTP server (/healthz, /readyz, /metrics) last, so probes answer until the end.
+//  4. disconnect from the runtime's NRI: pods started from now on get no saver until the driver
+//     is back (the runtime's Synchronize then attaches them);
+//  5. stop the HTTP server (/healthz, /readyz, /metrics), so probes answer until the end;
+//  6. close the data path: handles go, programs, pins and qdiscs stay, so running pods keep
+//     their priorities while the driver restarts.
 //
 // Prepared claims need no flush: the checkpoint is written through on every change.
 package main
@@ -51,6 +55,7 @@ type flags struct {
 	healthResend   time.Duration
 	linkDebounce   time.Duration
 	shutdownWindow time.Duration
+	dataPath       dataPathFlags
 }
 
 func parseFlags() *flags {
@@ -69,6 +74,7 @@ func parseFlags() *flags {
 	fs.DurationVar(&f.healthResend, "health-resend-interval", 10*time.Second, "how often device health is re-sent to the kubelet when unchanged")
 	fs.DurationVar(&f.linkDebounce, "link-debounce", 200*time.Millisecond, "wait after a link event before rescanning, to batch bursts")
 	fs.DurationVar(&f.shutdownWindow, "shutdown-timeout", 5*time.Second, "time allowed for the HTTP server to stop")
+	f.dataPath.register(fs)
 	flag.Parse()
 	if f.pluginDataDir == "" {
 		f.pluginDataDir = filepath.Join("/var/lib/kubelet/plugins", f.driverName)
@@ -114,15 +120,34 @@ func run(ctx context.Context, f *flags) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d, err := driver.New(ctx, driver.Options{
+
+	// The NIC setup looks NICs up in the driver's config, and the driver calls
+	// the NIC setup from Prepare: the closure breaks the cycle.
+	var d *driver.Driver
+	dp, err := openDataPath(ctx, &f.dataPath, func(name string) (config.NIC, bool) { return d.NICConfig(name) })
+	if err != nil {
+		return err
+	}
+	defer func() { // 6
+		if err := dp.close(); err != nil {
+			logger.Error(err, "Closing the data path")
+		}
+	}()
+	d, err = driver.New(ctx, driver.Options{
 		DriverName: f.driverName, NodeName: f.nodeName, KubeClient: client,
 		Discoverer: disc, Config: cw.Current(), StateDir: f.stateDir,
 		PluginDataDir: f.pluginDataDir, RegistrarDir: f.registrarDir,
 		HealthResend: f.healthResend, Metrics: driver.NewMetrics(reg),
 		OnFatal: func(err error) { cancel(err) },
+		Hooks:   dp.hooks,
 	})
 	if err != nil {
 		return err
+	}
+	if err := dp.resume(ctx, d.Store().PreparedClaims()); err != nil {
+		// Kubelet does not prepare these claims again; their pods keep what
+		// is still on the NIC, and the next prepare on the NIC retries.
+		logger.Error(err, "Resuming the NIC setup of checkpointed claims")
 	}
 
 	var started atomic.Bool
@@ -149,7 +174,16 @@ func run(ctx context.Context, f *flags) error {
 	}
 	started.Store(true)
 	logger.Info("Driver started", "driver", f.driverName, "node", f.nodeName, "config", f.configPath,
-		"dataPath", "not wired (claims are prepared and checkpointed; nothing is attached to pods or NICs)")
+		"bpfPinDir", f.dataPath.pinDir, "attachMode", dp.mgr.Mode(), "saverAttach", f.dataPath.saverAttach)
+
+	nriCtx, stopNRI := context.WithCancel(ctx)
+	nriDone := make(chan struct{})
+	go func() {
+		defer close(nriDone)
+		if err := dp.runNRI(nriCtx, &f.dataPath, f.driverName, d.Store(), reg); err != nil {
+			cancel(fmt.Errorf("NRI plugin: %w", err))
+		}
+	}()
 
 	var wg sync.WaitGroup
 	watchCtx, stopWatching := context.WithCancel(ctx)
@@ -173,7 +207,9 @@ func run(ctx context.Context, f *flags) error {
 	stopWatching() // 1
 	wg.Wait()
 	d.Stop()        // 2, 3
-	if srv != nil { // 4
+	stopNRI()       // 4
+	<-nriDone
+	if srv != nil { // 5
 		sctx, scancel := context.WithTimeout(context.Background(), f.shutdownWindow)
 		defer scancel()
 		_ = srv.Shutdown(sctx)

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nicsetup"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nrihooks"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/podplan"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/config"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/qdisc"
+)
+
+// dataPathFlags configure the eBPF data path and the NRI plugin.
+type dataPathFlags struct {
+	pinDir      string
+	saverAttach string
+	maxPods     uint
+	quota       uint
+	nriSocket   string
+	nriIndex    string
+}
+
+func (f *dataPathFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.pinDir, "bpf-pin-dir", datapath.DefaultPinDir, "bpffs directory for the data path's maps and links (kept across restarts; versioned by map layout)")
+	fs.StringVar(&f.saverAttach, "saver-attach", string(datapath.ModeTC), "how savers attach to pod interfaces: tc (cls_bpf, sub-ms, meets the NRI hook budget) or tcx (waits for an RCU grace period, 10-20 ms)")
+	fs.UintVar(&f.maxPods, "max-pods", 64, "pods with a saver at once (sizes the shared map; changing it needs a new --bpf-pin-dir)")
+	fs.UintVar(&f.quota, "pod-quota", 256, "in-flight packets one pod may have saved at once (sizes the shared map)")
+	fs.StringVar(&f.nriSocket, "nri-socket", "", "the container runtime's NRI socket (default /var/run/nri/nri.sock)")
+	fs.StringVar(&f.nriIndex, "nri-plugin-index", "10", "order of the NRI plugin among the runtime's plugins")
+}
+
+// dataPath is the eBPF data path with the NIC setup and pod hooks on top.
+type dataPath struct {
+	mgr   *datapath.Manager
+	qdisc *qdisc.Client
+	hooks nicsetup.ClaimHooks
+}
+
+// openDataPath loads (or adopts) the data path. nics looks NICs up in the
+// driver's current node config.
+func openDataPath(ctx context.Context, f *dataPathFlags, nics func(string) (config.NIC, bool)) (*dataPath, error) {
+	mode := datapath.AttachMode(f.saverAttach)
+	if mode != datapath.ModeTC && mode != datapath.ModeTCX {
+		return nil, fmt.Errorf("--saver-attach=%q: want tc or tcx", f.saverAttach)
+	}
+	mgr, err := datapath.Open(ctx, datapath.WithPinDir(f.pinDir), datapath.WithSaverAttachMode(mode),
+		datapath.WithMaxPods(uint32(f.maxPods)), datapath.WithQuota(uint32(f.quota)))
+	if err != nil {
+		return nil, fmt.Errorf("open the eBPF data path: %w", err)
+	}
+	qc, err := qdisc.NewClient()
+	if err != nil {
+		_ = mgr.Close()
+		return nil, fmt.Errorf("open the qdisc client: %w", err)
+	}
+	setup := nicsetup.New(mgr, nicsetup.NewQdiscSchedules(qc, nics))
+	return &dataPath{mgr: mgr, qdisc: qc, hooks: nicsetup.ClaimHooks{Setup: setup, NICs: nics}}, nil
+}
+
+// resume re-acquires the NICs of the claims prepared before a restart: the
+// setup's claim counts live in memory, and a NIC whose schedule or restorer
+// went away while the driver was down is put right again.
+func (p *dataPath) resume(ctx context.Context, claims []driver.PreparedClaim) error {
+	var errs []error
+	for _, c := range claims {
+		if err := p.hooks.ClaimPrepared(ctx, c); err != nil {
+			errs = append(errs, fmt.Errorf("claim %s/%s: %w", c.Namespace, c.Name, err))
+		}
+	}
+	if len(claims) > 0 {
+		klog.FromContext(ctx).Info("Resumed the NIC setup of checkpointed claims", "claims", len(claims), "errors", len(errs))
+	}
+	return errors.Join(errs...)
+}
+
+// runNRI connects the pod hooks to the runtime until ctx ends.
+func (p *dataPath) runNRI(ctx context.Context, f *dataPathFlags, driverName string, store driver.ClaimStore, reg prometheus.Registerer) error {
+	plans := podplan.Source{Claims: store, Logger: klog.FromContext(ctx)}
+	h := nrihooks.New(plans, p.mgr, nrihooks.NewMetrics(reg))
+	return nrihooks.Run(ctx, h, nrihooks.Options{PluginName: driverName, PluginIndex: f.nriIndex, SocketPath: f.nriSocket})
+}
+
+// close releases handles; attached programs, pins and qdiscs stay, so pods
+// keep being served while the driver restarts.
+func (p *dataPath) close() error {
+	p.qdisc.Close()
+	return p.mgr.Close()
+}
