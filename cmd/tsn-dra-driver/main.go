@@ -206,8 +206,8 @@ func run(ctx context.Context, f *flags) error {
 	logger.Info("Shutting down", "cause", cause)
 	stopWatching() // 1
 	wg.Wait()
-	d.Stop()        // 2, 3
-	stopNRI()       // 4
+	d.Stop()  // 2, 3
+	stopNRI() // 4
 	<-nriDone
 	if srv != nil { // 5
 		sctx, scancel := context.WithTimeout(context.Background(), f.shutdownWindow)
