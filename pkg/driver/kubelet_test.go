@@ -16,8 +16,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2/ktesting"
+	drahealthpb "k8s.io/kubelet/pkg/apis/dra-health/v1"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/nic"
 )
 
 // loadPerCPU is the 1-minute load average divided by the CPU count.
@@ -76,9 +79,10 @@ func TestKubeletSide(t *testing.T) {
 		}
 	}
 
+	disc := newFakeDiscoverer()
 	d, err := New(ctx, Options{
 		DriverName: DefaultDriverName, NodeName: testNode, KubeClient: client,
-		Discoverer: newFakeDiscoverer(), Config: mustConfig(t), StateDir: filepath.Join(base, "state"),
+		Discoverer: disc, Config: mustConfig(t), StateDir: filepath.Join(base, "state"),
 		PluginDataDir: dataDir, RegistrarDir: regDir,
 	})
 	if err != nil {
@@ -123,7 +127,47 @@ func TestKubeletSide(t *testing.T) {
 		t.Fatalf("ResourceSlice not published: %v", err)
 	}
 
-	dra := drapb.NewDRAPluginClient(dial(t, info.Endpoint))
+	draConn := dial(t, info.Endpoint)
+	dra := drapb.NewDRAPluginClient(draConn)
+
+	// Device health, as the kubelet watches it: all healthy, then tsn0's classes unhealthy
+	// after its link went down.
+	hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer hcancel()
+	stream, err := drahealthpb.NewDRAResourceHealthClient(draConn).NodeWatchResources(hctx, &drahealthpb.NodeWatchResourcesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthOf := func() map[string]drahealthpb.HealthStatus {
+		t.Helper()
+		r, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("health stream: %v", err)
+		}
+		m := map[string]drahealthpb.HealthStatus{}
+		for _, dh := range r.Devices {
+			if dh.Device.PoolName != testNode {
+				t.Errorf("health report for pool %q", dh.Device.PoolName)
+			}
+			m[dh.Device.DeviceName] = dh.Health
+		}
+		return m
+	}
+	if h := healthOf(); len(h) != 3 || h["tsn0-tc1"] != drahealthpb.HealthStatus_HEALTHY || h["tsn1-tc1"] != drahealthpb.HealthStatus_HEALTHY {
+		t.Errorf("initial health %v", h)
+	}
+	disc.set("enp1s0", &nic.Info{Name: "enp1s0", Up: false, OperState: "down", TxQueues: 4, SpeedMbps: 1000, Driver: "e1000e", PHCIndex: 0})
+	if err := d.Rescan(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h := healthOf(); h["tsn0-tc1"] != drahealthpb.HealthStatus_UNHEALTHY || h["tsn0-tc2"] != drahealthpb.HealthStatus_UNHEALTHY || h["tsn1-tc1"] != drahealthpb.HealthStatus_HEALTHY {
+		t.Errorf("health after link down %v", h)
+	}
+	hcancel()
+	disc.set("enp1s0", &nic.Info{Name: "enp1s0", Up: true, OperState: "up", TxQueues: 4, SpeedMbps: 1000, Driver: "e1000e", PHCIndex: 0, HWTxTimestamping: true})
+	if err := d.Rescan(ctx); err != nil {
+		t.Fatal(err)
+	}
 	claimRef := func(c *resourceapi.ResourceClaim) *drapb.Claim {
 		return &drapb.Claim{Namespace: c.Namespace, Name: c.Name, Uid: string(c.UID)}
 	}
