@@ -49,11 +49,15 @@ func parseFlags(fs *flag.FlagSet, args []string) (config, error) {
 	fs.Uint64Var(&cfg.count, "count", 0, "stop after this many talker packets, 0 for no limit")
 	fs.DurationVar(&cfg.duration, "duration", 0, "stop after this long, 0 for no limit")
 	fs.StringVar(&cfg.out, "out", "", "also write the JSON summary to this file (written atomically)")
+	fs.IntVar(&cfg.rcvbuf, "rcvbuf", 8<<20, "socket receive buffer in bytes (beyond net.core.rmem_max only with CAP_NET_ADMIN), 0 for the default")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if cfg.rcvbuf < 0 {
+		return cfg, fmt.Errorf("-rcvbuf %d: must not be negative", cfg.rcvbuf)
 	}
 	if cfg.duration < 0 {
 		return cfg, fmt.Errorf("-duration %v: must not be negative", cfg.duration)

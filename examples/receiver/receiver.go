@@ -3,12 +3,15 @@ package main
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log"
 	"net"
 	"slices"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/examples/internal/payload"
 	"github.com/tsn-dra-driver/tsn-dra-driver/examples/internal/tai"
@@ -26,6 +29,7 @@ type config struct {
 	count    uint64
 	duration time.Duration
 	out      string
+	rcvbuf   int
 }
 
 // report is the JSON summary.
@@ -33,12 +37,19 @@ type report struct {
 	Listen string `json:"listen"`
 	// Packets counts datagrams with a talker header, Foreign those without,
 	// Malformed those whose header did not decode.
-	Packets   uint64         `json:"packets"`
-	Foreign   uint64         `json:"foreign"`
-	Malformed uint64         `json:"malformed"`
-	StartTAI  int64          `json:"start_tai_ns"`
-	EndTAI    int64          `json:"end_tai_ns"`
-	Streams   []*streamStats `json:"streams"`
+	Packets   uint64 `json:"packets"`
+	Foreign   uint64 `json:"foreign"`
+	Malformed uint64 `json:"malformed"`
+	// SocketDrops counts datagrams the kernel dropped because the receiver's
+	// socket buffer was full (SO_RXQ_OVFL): losses of the receiver, not of the
+	// network. The kernel reports the count with the next datagram it queues,
+	// so drops after the last one received are not in it.
+	SocketDrops uint64 `json:"socket_drops"`
+	// RcvBuf is the socket receive buffer the kernel granted, in bytes.
+	RcvBuf   int            `json:"rcvbuf"`
+	StartTAI int64          `json:"start_tai_ns"`
+	EndTAI   int64          `json:"end_tai_ns"`
+	Streams  []*streamStats `json:"streams"`
 }
 
 // streamStats describes the packets of one talker stream at one priority.
@@ -187,11 +198,16 @@ func (r *recorder) finish() *report {
 // run receives until the count, the duration or ctx ends, then returns the
 // report. ready, if set, is called with the bound address before the first read.
 func run(ctx context.Context, cfg config, logger *log.Logger, ready func(net.Addr)) (*report, error) {
-	conn, err := net.ListenPacket("udp", cfg.listen)
+	pc, err := net.ListenPacket("udp", cfg.listen)
 	if err != nil {
 		return nil, fmt.Errorf("listening on %q: %w", cfg.listen, err)
 	}
+	conn := pc.(*net.UDPConn)
 	defer conn.Close()
+	rcvbuf, err := configureSocket(conn, cfg.rcvbuf)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, cfg.duration)
@@ -201,14 +217,21 @@ func run(ctx context.Context, cfg config, logger *log.Logger, ready func(net.Add
 	defer stop()
 
 	rec := newRecorder(conn.LocalAddr().String())
+	rec.rep.RcvBuf = rcvbuf
 	logger.Printf("listening on %v", conn.LocalAddr())
 	if ready != nil {
 		ready(conn.LocalAddr())
 	}
 	buf := make([]byte, 65536)
+	oob := make([]byte, 128)
 	for cfg.count == 0 || rec.rep.Packets < cfg.count {
-		n, _, err := conn.ReadFrom(buf)
+		n, oobn, _, _, err := conn.ReadMsgUDP(buf, oob)
 		arrival := tai.Now()
+		if err == nil {
+			if drops, ok := parseDrops(oob[:oobn]); ok {
+				rec.rep.SocketDrops = uint64(drops)
+			}
+		}
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				break
@@ -218,7 +241,54 @@ func run(ctx context.Context, cfg config, logger *log.Logger, ready func(net.Add
 		rec.record(buf[:n], arrival)
 	}
 	rep := rec.finish()
-	logger.Printf("received %d talker packets in %d streams, %d foreign, %d malformed",
-		rep.Packets, len(rep.Streams), rep.Foreign, rep.Malformed)
+	logger.Printf("received %d talker packets in %d streams, %d foreign, %d malformed, %d dropped by a full socket buffer",
+		rep.Packets, len(rep.Streams), rep.Foreign, rep.Malformed, rep.SocketDrops)
 	return rep, nil
+}
+
+// configureSocket asks for a receive buffer of rcvbuf bytes (as root beyond
+// net.core.rmem_max, with SO_RCVBUFFORCE) and for the drop counter
+// (SO_RXQ_OVFL). It returns the buffer size the kernel granted.
+func configureSocket(conn *net.UDPConn, rcvbuf int) (int, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var granted int
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		if rcvbuf > 0 {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf) != nil {
+				// Without CAP_NET_ADMIN: capped at net.core.rmem_max.
+				if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf); err != nil {
+					serr = fmt.Errorf("setting SO_RCVBUF %d: %w", rcvbuf, err)
+					return
+				}
+			}
+		}
+		if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1); err != nil {
+			serr = fmt.Errorf("setting SO_RXQ_OVFL: %w", err)
+			return
+		}
+		granted, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return granted, serr
+}
+
+// parseDrops returns the SO_RXQ_OVFL counter of a datagram's control messages:
+// the socket's drops so far.
+func parseDrops(oob []byte) (uint32, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return 0, false
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SO_RXQ_OVFL && len(m.Data) >= 4 {
+			return binary.NativeEndian.Uint32(m.Data), true
+		}
+	}
+	return 0, false
 }

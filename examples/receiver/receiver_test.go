@@ -5,6 +5,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -138,5 +139,73 @@ func TestStreamsAreKeyedByTagToo(t *testing.T) {
 	rep := r.finish()
 	if len(rep.Streams) != 2 || rep.Streams[0].Tag != 1 || rep.Streams[1].Tag != 2 {
 		t.Errorf("streams %+v, want one per tag", rep.Streams)
+	}
+}
+
+func TestSocketDropsAreCounted(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := pc.(*net.UDPConn)
+	defer conn.Close()
+	granted, err := configureSocket(conn, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if granted <= 0 {
+		t.Fatalf("granted receive buffer %d", granted)
+	}
+	out, err := net.Dial("udp", conn.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	// Nobody reads: a few KiB of buffer cannot hold 200 datagrams.
+	for seq := range uint32(200) {
+		out.Write(packet(t, payload.Header{Seq: seq, Stream: "flood"}))
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf, oob := make([]byte, 2048), make([]byte, 128)
+	var drops uint32
+	for range 200 {
+		_, oobn, _, _, err := conn.ReadMsgUDP(buf, oob)
+		if err != nil {
+			break
+		}
+		if d, ok := parseDrops(oob[:oobn]); ok {
+			drops = d
+		}
+		conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	}
+	// The kernel reports the drop count with the next datagram it queues.
+	out.Write(packet(t, payload.Header{Seq: 200, Stream: "flood"}))
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, oobn, _, _, err := conn.ReadMsgUDP(buf, oob); err != nil {
+		t.Fatal(err)
+	} else if d, ok := parseDrops(oob[:oobn]); ok {
+		drops = d
+	}
+	if drops == 0 {
+		t.Errorf("no socket drops reported for 200 datagrams into a %d-byte buffer", granted)
+	}
+}
+
+func TestLargeBufferGranted(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SO_RCVBUFFORCE beyond net.core.rmem_max needs CAP_NET_ADMIN")
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	granted, err := configureSocket(pc.(*net.UDPConn), 8<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The kernel reports twice the request (it accounts for skb overhead).
+	if granted < 8<<20 {
+		t.Errorf("granted %d bytes, asked for %d", granted, 8<<20)
 	}
 }

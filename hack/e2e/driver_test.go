@@ -243,7 +243,7 @@ func driverScenario(ctx context.Context, t *testing.T, c *cluster.Cluster, repo 
 	rep := rcv.stop(t)
 	for _, p := range pods {
 		if s := rep.stream(p.stream); s == nil || s.Packets != n {
-			t.Errorf("stream %s: receiver saw %+v, want %d packets", p.stream, s, n)
+			t.Errorf("stream %s: receiver saw %+v, want %d packets (receiver socket drops: %d)", p.stream, s, n, rep.SocketDrops)
 		}
 		checkObserved(t, obs, p, n)
 	}
@@ -278,8 +278,9 @@ func driverScenario(ctx context.Context, t *testing.T, c *cluster.Cluster, repo 
 		}
 		t.Logf("TIMING driver pod deleted and back ready in %v", time.Since(start).Round(time.Millisecond))
 		waitSucceeded(ctx, t, c, p.name)
-		if s := rcv.stop(t).stream(p.stream); s == nil || s.Packets != n {
-			t.Errorf("stream %s: receiver saw %+v, want %d packets", p.stream, s, n)
+		rep := rcv.stop(t)
+		if s := rep.stream(p.stream); s == nil || s.Packets != n {
+			t.Errorf("stream %s: receiver saw %+v, want %d packets (receiver socket drops: %d)", p.stream, s, n, rep.SocketDrops)
 		}
 		checkObserved(t, obs, p, n)
 		if _, err := c.Kubectl(ctx, "delete", "pod", p.name, "--wait=true", "--timeout=60s"); err != nil {

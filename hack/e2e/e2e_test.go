@@ -135,7 +135,8 @@ func TestE2E(t *testing.T) {
 				continue
 			}
 			if s.Packets != n || s.Missing != 0 {
-				t.Errorf("stream %s: %d packets, %d missing at the wire, want %d and 0", p.stream, s.Packets, s.Missing, n)
+				t.Errorf("stream %s: %d packets, %d missing at the wire, want %d and 0 (receiver socket drops: %d)",
+					p.stream, s.Packets, s.Missing, n, rep.SocketDrops)
 			}
 			if strings.Contains(p.stream, "txtime") != (s.TxtimePackets == n) {
 				t.Errorf("stream %s: %d packets with a launch time", p.stream, s.TxtimePackets)
@@ -295,7 +296,8 @@ type receiverProc struct {
 }
 
 type receiverReport struct {
-	Packets uint64 `json:"packets"`
+	Packets     uint64 `json:"packets"`
+	SocketDrops uint64 `json:"socket_drops"`
 	Streams []struct {
 		Stream        string `json:"stream"`
 		Priority      uint32 `json:"priority"`

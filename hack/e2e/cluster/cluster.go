@@ -100,6 +100,7 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 			return nil, fmt.Errorf("cluster: %s is missing from %s (run hack/e2e/build.sh): %w", b, cfg.BinDir, err)
 		}
 	}
+	reapStale(cfg.Logf)
 	dir, err := os.MkdirTemp(cfg.Dir, "tsn-e2e-")
 	if err != nil {
 		return nil, err
@@ -134,6 +135,9 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	}
 	if err := c.cg.mkdir("components"); err != nil {
 		return nil, err
+	}
+	if err := c.register(); err != nil {
+		return nil, fmt.Errorf("registering the cluster in %s: %w", registryDir, err)
 	}
 
 	c.node, err = startHolder(ctx, "node", syscall.CLONE_NEWNS|syscall.CLONE_NEWNET, nodeScript, []string{

@@ -407,6 +407,9 @@ func (c *Cluster) stop() error {
 			errs = append(errs, err)
 		}
 	}
+	if c.cg != nil && len(errs) == 0 {
+		os.Remove(c.registryFile())
+	}
 	if !c.cfg.KeepDir && c.Dir != "" {
 		if err := os.RemoveAll(c.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("removing %s: %w", c.Dir, err))
@@ -451,6 +454,11 @@ func (c *Cluster) Leftovers() []string {
 			if c.Dir != "" && strings.Contains(l, c.Dir) {
 				left = append(left, "mount: "+l)
 			}
+		}
+	}
+	if c.cg != nil {
+		if _, err := os.Stat(c.registryFile()); err == nil {
+			left = append(left, "registry entry "+c.registryFile())
 		}
 	}
 	if !c.cfg.KeepDir {
