@@ -144,6 +144,7 @@ func run(ctx context.Context, f *flags) error {
 	if err != nil {
 		return err
 	}
+	registerDataPathMetrics(ctx, reg, dp, d.Store())
 	if err := dp.resume(ctx, d.Store().PreparedClaims()); err != nil {
 		// Kubelet does not prepare these claims again; their pods keep what
 		// is still on the NIC, and the next prepare on the NIC retries.
