@@ -83,6 +83,9 @@ func parseFlags() *flags {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "status" {
+		os.Exit(statusMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	f := parseFlags()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
