@@ -84,6 +84,10 @@ mount -t sysfs sysfs /sys
 mount --move "$NODE/cgroup" /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
+# Shared again, like a systemd host's /, but in peer groups of this namespace
+# only: HostToContainer/Bidirectional volumes (the driver's /var/run/netns)
+# need a shared or slave source, and nothing propagates to the real host.
+mount --make-rshared /
 ip link set lo up
 # The node address and the kubernetes Service address are local (this kernel
 # has no dummy links; lo carries any address). Nothing leaves the namespace:
