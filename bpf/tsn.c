@@ -562,7 +562,6 @@ static __always_inline int restore_from(struct __sk_buff *skb, struct tsn_bucket
 		__u16 slot = e->slot, gen = e->gen;
 		__u8 prio = e->prio, bucket = e->app_prio, clock = e->clock, flags = e->flags;
 		__u32 home = e->home;
-		__u32 is_expired = expired(e, now_units());
 		__u32 freed = ((s & SEQ_MASK) + SEQ_ONE) | ST_FREE;
 
 		__u32 sl = slot;
@@ -573,13 +572,8 @@ static __always_inline int restore_from(struct __sk_buff *skb, struct tsn_bucket
 				unhome(home);
 			return FIND_DONE;
 		}
-		if (is_expired) {
-			if (__sync_val_compare_and_swap(state, s, freed) == s) {
-				account_free(slot, gen, bucket, 1);
-				unhome(home);
-			}
-			return FIND_DONE;
-		}
+		/* No expiry check here: key and source prove it is this packet's
+		 * entry, however late it comes (the expiry sweep may free it first). */
 		struct tsn_counters *c = counters(slot, bucket);
 		if (!c)
 			return FIND_DONE;
@@ -588,7 +582,8 @@ static __always_inline int restore_from(struct __sk_buff *skb, struct tsn_bucket
 				c->rejected++;
 				return FIND_DONE;
 			}
-			account_free(slot, gen, bucket, 0);
+			if (st->inflight > 0)
+				__sync_fetch_and_add(&st->inflight, -1);
 			unhome(home);
 		} else if (*state != s) {
 			c->rejected++;
