@@ -230,10 +230,10 @@ type daemon struct {
 
 // startDaemon opens the data path on the pin dir and connects the hooks to
 // the runtime, as the driver daemon does at start.
-func startDaemon(t *testing.T, node *netemu.Node, pinDir, socket string, plans nrihooks.PlanSource, reg prometheus.Registerer) *daemon {
+func startDaemon(t *testing.T, node *netemu.Node, pinDir, socket string, plans nrihooks.PlanSource, reg prometheus.Registerer, opts ...datapath.Option) *daemon {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err := datapath.Open(ctx, datapath.WithPinDir(pinDir), datapath.WithNetns(node.HostNetns))
+	mgr, err := datapath.Open(ctx, append([]datapath.Option{datapath.WithPinDir(pinDir), datapath.WithNetns(node.HostNetns)}, opts...)...)
 	if err != nil {
 		cancel()
 		t.Fatalf("open data path: %v", err)
@@ -396,9 +396,16 @@ func TestPodsThroughNRI(t *testing.T) {
 }
 
 // TestHookLatency measures RunPodSandbox and StopPodSandbox through NRI for
-// claimed pods, as containerd calls them (p50/p99 go to the test log).
+// claimed pods, as containerd calls them (p50/p99 go to the test log), with
+// savers attached as cls_bpf filters (the daemon's default) and as TCX links.
 func TestHookLatency(t *testing.T) {
 	requireRoot(t)
+	for _, mode := range []datapath.AttachMode{datapath.ModeTC, datapath.ModeTCX} {
+		t.Run(string(mode), func(t *testing.T) { hookLatency(t, mode) })
+	}
+}
+
+func hookLatency(t *testing.T, mode datapath.AttachMode) {
 	node, err := netemu.New(netemu.Routed, 0)
 	if err != nil {
 		t.Fatalf("emulated node: %v", err)
@@ -418,7 +425,7 @@ func TestHookLatency(t *testing.T) {
 	}
 	socket := filepath.Join(t.TempDir(), "nri.sock")
 	rt := startRuntime(t, socket)
-	d := startDaemon(t, node, pinDir, socket, plans, prometheus.NewRegistry())
+	d := startDaemon(t, node, pinDir, socket, plans, prometheus.NewRegistry(), datapath.WithSaverAttachMode(mode))
 	defer d.stop(t)
 	rt.waitSynced()
 
@@ -439,8 +446,8 @@ func TestHookLatency(t *testing.T) {
 	}
 	p50r, p99r := percentiles(run)
 	p50s, p99s := percentiles(stop)
-	t.Logf("RunPodSandbox (attach saver) over NRI: n=%d p50=%v p99=%v", len(run), p50r, p99r)
-	t.Logf("StopPodSandbox (detach saver) over NRI: n=%d p50=%v p99=%v", len(stop), p50s, p99s)
+	t.Logf("saver attach %s: RunPodSandbox over NRI n=%d p50=%v p99=%v; StopPodSandbox p50=%v p99=%v",
+		mode, len(run), p50r, p99r, p50s, p99s)
 	// containerd drops a hook after 2 s; anything near that is a failure
 	// whatever the machine's load.
 	if p99r > 500*time.Millisecond || p99s > 500*time.Millisecond {
