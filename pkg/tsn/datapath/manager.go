@@ -120,7 +120,10 @@ func Open(ctx context.Context, opts ...Option) (*Manager, error) {
 		m.Close()
 		return nil, err
 	}
+	// Open is not on a pod's critical path: prepare the first saver programs
+	// now, so that even the first AttachSaver only attaches.
 	m.prepare(ctx)
+	m.refill.Wait()
 	if m.timerErr != nil {
 		log.Info("kernel refuses bpf_timer (PREEMPT_RT?): expiring entries from a goroutine while open", "err", m.timerErr)
 	}
