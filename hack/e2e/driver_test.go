@@ -180,9 +180,49 @@ func podClaim(ctx context.Context, t *testing.T, c *cluster.Cluster, pod string)
 	return cs
 }
 
+// kernelHasTaprio reports whether the kernel knows the taprio qdisc: the
+// node config of deployments/ has a taprio schedule, which preparing a claim
+// applies to tsn0. The probe runs on lo of the wire namespace, where a refusal
+// for any other reason (lo has one queue) still shows the kind is known.
+func kernelHasTaprio(ctx context.Context, c *cluster.Cluster) (bool, string) {
+	cmd := c.InWire(ctx, "tc", "qdisc", "add", "dev", "lo", "root", "taprio", "num_tc", "1", "map", "0", "queues", "1@0",
+		"base-time", "0", "sched-entry", "S", "1", "1000000", "clockid", "CLOCK_TAI")
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		c.InWire(ctx, "tc", "qdisc", "del", "dev", "lo", "root").Run()
+		return true, ""
+	}
+	msg := strings.TrimSpace(string(out))
+	return !strings.Contains(strings.ToLower(msg), "unknown"), msg
+}
+
 func driverScenario(ctx context.Context, t *testing.T, c *cluster.Cluster, repo string, obs *observe.Observer, rcvBin string) {
-	installDriver(ctx, t, c, repo)
-	devs := waitSlices(ctx, t, c, []int64{1, 2})
+	var devs map[int64]sliceDevice
+	if !t.Run("InstallAndPublish", func(t *testing.T) {
+		installDriver(ctx, t, c, repo)
+		devs = waitSlices(ctx, t, c, []int64{1, 2})
+		checkDevices(t, devs)
+	}) {
+		return
+	}
+	taprio, probe := kernelHasTaprio(ctx, c)
+	needTaprio := func(t *testing.T) {
+		if !taprio {
+			t.Skipf("this kernel has no taprio qdisc (%q), and preparing a claim applies the taprio schedule of the "+
+				"node config in deployments/: claims cannot be prepared here", probe)
+		}
+	}
+	t.Run("ClaimedTraffic", func(t *testing.T) {
+		needTaprio(t)
+		claimedTraffic(ctx, t, c, obs, rcvBin, devs)
+	})
+	t.Run("DriverRestartMidTraffic", func(t *testing.T) {
+		needTaprio(t)
+		driverRestart(ctx, t, c, obs, rcvBin)
+	})
+}
+
+func checkDevices(t *testing.T, devs map[int64]sliceDevice) {
 	for tc, d := range devs {
 		if s := d.Attributes["interface"].String; s == nil || *s != cluster.TSNInterface {
 			t.Errorf("class %d device %s: interface attribute %v, want %s", tc, d.Name, s, cluster.TSNInterface)
@@ -196,6 +236,9 @@ func driverScenario(ctx context.Context, t *testing.T, c *cluster.Cluster, repo 
 		}
 		t.Logf("class %d: device %s, attributes %v", tc, d.Name, attrs)
 	}
+}
+
+func claimedTraffic(ctx context.Context, t *testing.T, c *cluster.Cluster, obs *observe.Observer, rcvBin string, devs map[int64]sliceDevice) {
 
 	for _, tmpl := range []struct {
 		name  string
@@ -253,10 +296,12 @@ func driverScenario(ctx context.Context, t *testing.T, c *cluster.Cluster, repo 
 		}
 	}
 	waitCheckpointEmpty(ctx, t, c)
+}
 
-	t.Run("DriverRestartMidTraffic", func(t *testing.T) {
-		// 8 s of traffic; the driver pod is deleted 2 s in and the DaemonSet
-		// brings it back: the claimed pod's packets must keep their priority.
+// driverRestart: 8 s of claimed traffic; the driver pod is deleted 2 s in and
+// the DaemonSet brings it back: the pod's packets must keep their priority.
+func driverRestart(ctx context.Context, t *testing.T, c *cluster.Cluster, obs *observe.Observer, rcvBin string) {
+	{
 		const n = 8000
 		p := scenarioPod{talkerPod: talkerPod{name: "claim-class1-restart", stream: "class1-restart", tag: 15, args: []string{"-priority", "3"}},
 			template: "tsn-class1", class: 1, want: restored}
@@ -287,7 +332,7 @@ func driverScenario(ctx context.Context, t *testing.T, c *cluster.Cluster, repo 
 			t.Error(err)
 		}
 		waitCheckpointEmpty(ctx, t, c)
-	})
+	}
 }
 
 type expectation int
@@ -420,6 +465,15 @@ func waitRunning(ctx context.Context, t *testing.T, c *cluster.Cluster, name str
 		if time.Now().After(deadline) {
 			desc, _ := c.Kubectl(ctx, "describe", "pod", name)
 			t.Fatalf("pod %s not running after 2 minutes:\n%s", name, desc)
+		}
+		// The kubelet retries a failed prepare with back-off: give it 30 s, then
+		// report the driver's error instead of waiting out the deadline.
+		if time.Until(deadline) < 90*time.Second {
+			out, _ := c.Kubectl(ctx, "get", "events", "--field-selector",
+				"involvedObject.name="+name+",reason=FailedPrepareDynamicResources", "-o", "jsonpath={.items[-1:].message}")
+			if msg := strings.TrimSpace(string(out)); msg != "" {
+				t.Fatalf("pod %s: claims not prepared after 30 s: %s", name, msg)
+			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

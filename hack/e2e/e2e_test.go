@@ -298,7 +298,7 @@ type receiverProc struct {
 type receiverReport struct {
 	Packets     uint64 `json:"packets"`
 	SocketDrops uint64 `json:"socket_drops"`
-	Streams []struct {
+	Streams     []struct {
 		Stream        string `json:"stream"`
 		Priority      uint32 `json:"priority"`
 		Packets       uint64 `json:"packets"`
