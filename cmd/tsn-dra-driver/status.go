@@ -31,7 +31,7 @@ Shows, for this node, per TSN NIC: its schedule (node config), what is on the
 NIC (root qdisc, restorer), the prepared claims on it, and per pod its policy
 and data path counters. Reads the node config, the claims checkpoint and the
 pinned eBPF maps; changes nothing. Run it on the node (or in the driver's pod:
-kubectl -n tsn-dra-driver exec ds/tsn-dra-driver -- tsn-dra-driver status).
+kubectl -n tsn-dra-driver exec ds/tsn-dra-driver -- /tsn-dra-driver status).
 
 Flags:
 `
