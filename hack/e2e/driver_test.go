@@ -212,6 +212,12 @@ func driverScenario(ctx context.Context, t *testing.T, c *cluster.Cluster, repo 
 				"node config in deployments/: claims cannot be prepared here", probe)
 		}
 	}
+	t.Run("PrepareFailsCleanlyWithoutTaprio", func(t *testing.T) {
+		if taprio {
+			t.Skip("the kernel has taprio: ClaimedTraffic covers prepare")
+		}
+		prepareFailsCleanly(ctx, t, c)
+	})
 	t.Run("ClaimedTraffic", func(t *testing.T) {
 		needTaprio(t)
 		claimedTraffic(ctx, t, c, obs, rcvBin, devs)
@@ -476,5 +482,58 @@ func waitRunning(ctx context.Context, t *testing.T, c *cluster.Cluster, name str
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// prepareFailsCleanly: on a kernel without taprio, preparing a claim must fail
+// with an error that says so, leave tsn0's qdiscs as they were and record
+// nothing; the pod waits, and deleting it leaves nothing behind.
+func prepareFailsCleanly(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	qdiscs := func() string {
+		out, err := c.InNode(ctx, "tc", "qdisc", "show", "dev", cluster.TSNInterface)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	before := qdiscs()
+	apply(ctx, t, c, claimTemplate("tsn-class1", 1))
+	p := talkerPod{name: "claim-no-taprio", stream: "no-taprio", tag: 21, args: []string{"-priority", "3"}}
+	apply(ctx, t, c, claimedTalker(p, "tsn-class1", 100))
+	deadline := time.Now().Add(time.Minute)
+	var msg string
+	for msg == "" {
+		out, err := c.Kubectl(ctx, "get", "events", "--field-selector",
+			"involvedObject.name="+p.name+",reason=FailedPrepareDynamicResources", "-o", "jsonpath={.items[-1:].message}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg = strings.TrimSpace(string(out))
+		if msg == "" && time.Now().After(deadline) {
+			t.Fatalf("pod %s: no FailedPrepareDynamicResources event within a minute", p.name)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Logf("prepare error: %s", msg)
+	if !strings.Contains(msg, "taprio") {
+		t.Errorf("the prepare error does not name taprio: %s", msg)
+	}
+	out, err := c.Kubectl(ctx, "get", "pod", p.name, "-o", "jsonpath={.status.phase}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if phase := strings.TrimSpace(string(out)); phase != "Pending" {
+		t.Errorf("pod %s is %s with an unprepared claim, want Pending", p.name, phase)
+	}
+	if after := qdiscs(); after != before {
+		t.Errorf("a failed prepare changed %s's qdiscs:\nbefore: %s\nafter:  %s", cluster.TSNInterface, before, after)
+	}
+	waitCheckpointEmpty(ctx, t, c)
+	if _, err := c.Kubectl(ctx, "delete", "pod", p.name, "--wait=true", "--timeout=60s"); err != nil {
+		t.Fatal(err)
+	}
+	waitCheckpointEmpty(ctx, t, c)
+	if after := qdiscs(); after != before {
+		t.Errorf("deleting the pod left %s's qdiscs changed:\nbefore: %s\nafter:  %s", cluster.TSNInterface, before, after)
 	}
 }
