@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -172,8 +171,9 @@ func (c *cniNode) addPod(uid string) *api.PodSandbox {
 	if err != nil {
 		c.t.Fatalf("CNI ADD for pod %s: %v", uid, err)
 	}
-	out, _ := json.Marshal(res)
-	c.t.Logf("pod %s: netns %s, CNI result %s", uid, c.pods[uid], out)
+	if res == nil {
+		c.t.Fatalf("CNI ADD for pod %s returned no result", uid)
+	}
 	return pod(uid, c.pods[uid])
 }
 
@@ -448,9 +448,9 @@ func hookLatency(t *testing.T, mode datapath.AttachMode) {
 	p50s, p99s := percentiles(stop)
 	t.Logf("saver attach %s: RunPodSandbox over NRI n=%d p50=%v p99=%v; StopPodSandbox p50=%v p99=%v",
 		mode, len(run), p50r, p99r, p50s, p99s)
-	// containerd drops a hook after 2 s; anything near that is a failure
-	// whatever the machine's load.
-	if p99r > 500*time.Millisecond || p99s > 500*time.Millisecond {
+	// containerd drops a hook after 2 s; half of that is a failure whatever
+	// the machine's load (the targets are far lower; see the test log).
+	if p99r > time.Second || p99s > time.Second {
 		t.Errorf("hook p99 too slow: run %v, stop %v (containerd's limit is 2s)", p99r, p99s)
 	}
 	if savers, _ := d.mgr.Savers(); len(savers) != 0 {

@@ -39,9 +39,11 @@ type Manager struct {
 	sweepDone chan struct{}
 	timerErr  error
 
-	mu       sync.Mutex
-	closed   bool
-	savers   map[string]*saverState // by pod UID
+	mu     sync.Mutex
+	closed bool
+	savers map[string]*saverState // by pod UID
+	// prepared holds a loaded saver program per slot, whether a pod uses
+	// the slot or not, until Close: slots are reused without a new load.
 	prepared map[uint32]*ebpf.Program
 	refill   sync.WaitGroup
 }
@@ -476,16 +478,17 @@ func (m *Manager) AttachSaver(ctx context.Context, podUID, netnsPath, ifname str
 	if err != nil {
 		return fmt.Errorf("attach saver for pod %s: %w", podUID, err)
 	}
+	// The slot's program stays in m.prepared after the attach: when the pod
+	// goes, the next pod in this slot reuses it, so after warm-up no hook
+	// waits for the verifier (a load takes 0.1-1 s on a busy node).
 	prog, ok := m.prepared[slot]
-	if ok {
-		delete(m.prepared, slot)
-	} else {
+	if !ok {
 		if prog, err = m.loadSaver(slot); err != nil {
 			return err
 		}
+		m.prepared[slot] = prog
 		log.Info("no prepared saver program: loaded one inline", "slot", slot)
 	}
-	defer prog.Close()
 
 	gen, err := m.resetSlot(slot)
 	if err != nil {
