@@ -475,9 +475,7 @@ func waitRunning(ctx context.Context, t *testing.T, c *cluster.Cluster, name str
 		// The kubelet retries a failed prepare with back-off: give it 30 s, then
 		// report the driver's error instead of waiting out the deadline.
 		if time.Until(deadline) < 90*time.Second {
-			out, _ := c.Kubectl(ctx, "get", "events", "--field-selector",
-				"involvedObject.name="+name+",reason=FailedPrepareDynamicResources", "-o", "jsonpath={.items[-1:].message}")
-			if msg := strings.TrimSpace(string(out)); msg != "" {
+			if msg, _ := lastEvent(ctx, c, name, "FailedPrepareDynamicResources"); msg != "" {
 				t.Fatalf("pod %s: claims not prepared after 30 s: %s", name, msg)
 			}
 		}
@@ -503,12 +501,10 @@ func prepareFailsCleanly(ctx context.Context, t *testing.T, c *cluster.Cluster) 
 	deadline := time.Now().Add(time.Minute)
 	var msg string
 	for msg == "" {
-		out, err := c.Kubectl(ctx, "get", "events", "--field-selector",
-			"involvedObject.name="+p.name+",reason=FailedPrepareDynamicResources", "-o", "jsonpath={.items[-1:].message}")
-		if err != nil {
+		var err error
+		if msg, err = lastEvent(ctx, c, p.name, "FailedPrepareDynamicResources"); err != nil {
 			t.Fatal(err)
 		}
-		msg = strings.TrimSpace(string(out))
 		if msg == "" && time.Now().After(deadline) {
 			t.Fatalf("pod %s: no FailedPrepareDynamicResources event within a minute", p.name)
 		}
@@ -536,4 +532,16 @@ func prepareFailsCleanly(ctx context.Context, t *testing.T, c *cluster.Cluster) 
 	if after := qdiscs(); after != before {
 		t.Errorf("deleting the pod left %s's qdiscs changed:\nbefore: %s\nafter:  %s", cluster.TSNInterface, before, after)
 	}
+}
+
+// lastEvent returns the message of the newest event with reason about the
+// object named name ("" if none).
+func lastEvent(ctx context.Context, c *cluster.Cluster, name, reason string) (string, error) {
+	out, err := c.Kubectl(ctx, "get", "events", "--sort-by=.lastTimestamp", "--field-selector",
+		"involvedObject.name="+name+",reason="+reason, "-o", `jsonpath={range .items[*]}{.message}{"\n"}{end}`)
+	if err != nil {
+		return "", err
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return lines[len(lines)-1], nil
 }
