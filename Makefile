@@ -12,7 +12,7 @@ CNI_PLUGINS_VERSION ?= v1.9.1
 CNI_PATH  ?= /var/cache/tsn-dra-driver/cni-$(CNI_PLUGINS_VERSION)
 export CNI_PATH
 
-.PHONY: all build test test-unit lint generate demo bench-datapath clean cni-plugins e2e e2e-build e2e-cluster vmtest
+.PHONY: helm all build test test-unit lint generate demo bench-datapath clean cni-plugins e2e e2e-build e2e-cluster vmtest
 
 all: build
 
@@ -21,7 +21,7 @@ build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/...
 
 ## test: vet + every Go test (root tests run as root, skip otherwise).
-test: lint cni-plugins
+test: lint cni-plugins helm
 	$(GO) test $(GOFLAGS) $(TEST_FLAGS) ./...
 
 ## test-unit: the tests that need neither root nor a kernel feature.
@@ -48,6 +48,17 @@ bench-datapath:
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 	$(GO) test -run '^$$' -bench '^BenchmarkDatapath$$' -benchtime 40000x -count=1 ./pkg/tsn/datapath/
 	$(GO) test -run '^$$' -bench '^BenchmarkAttachSaver$$' -benchtime 50x -count=1 ./pkg/tsn/datapath/
+
+## helm: install the helm binary the chart test renders with (deployments/helm) into $(HELM_DIR).
+HELM_VERSION ?= v4.3.1
+HELM_DIR  ?= /var/cache/tsn-dra-driver/helm-$(HELM_VERSION)
+HELM      ?= $(HELM_DIR)/helm
+export HELM
+helm: $(HELM)
+
+$(HELM_DIR)/helm:
+	mkdir -p $(HELM_DIR)
+	GOBIN=$(HELM_DIR) CGO_ENABLED=0 nice -n 10 $(GO) install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 
 ## cni-plugins: install the bridge, host-local and loopback CNI plugins into $(CNI_PATH).
 cni-plugins: $(CNI_PATH)/bridge $(CNI_PATH)/host-local $(CNI_PATH)/loopback

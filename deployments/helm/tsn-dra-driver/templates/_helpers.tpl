@@ -1,0 +1,3 @@
+{{- define "tsn-dra-driver.namespace" -}}
+{{ .Values.namespace.name }}
+{{- end -}}
