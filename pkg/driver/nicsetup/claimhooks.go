@@ -65,7 +65,11 @@ func (h ClaimHooks) nicsOf(claim driver.PreparedClaim) ([]NIC, error) {
 		if !ok {
 			return nil, fmt.Errorf("device %s: NIC %s is not in the node config", d.Device, d.NIC)
 		}
-		out = append(out, NIC{Name: d.NIC, Interface: d.Interface, RemoveOnLastRelease: cfg.OnLastRelease.Effective() == config.ReleaseRemove})
+		out = append(out, NIC{
+			Name: d.NIC, Interface: d.Interface,
+			ApplySchedule:       cfg.ScheduleOwner.Effective() == config.ScheduleOwnerDriver,
+			RemoveOnLastRelease: cfg.OnLastRelease.Effective() == config.ReleaseRemove,
+		})
 	}
 	return out, nil
 }

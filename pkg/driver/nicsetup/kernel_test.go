@@ -100,7 +100,7 @@ func TestKernelScheduleKeptAcrossClaimsAndRemoved(t *testing.T) {
 	}
 	cfg := config.NIC{Name: "tsn0", Schedule: sched, OnLastRelease: config.ReleaseRemove}
 	qs := NewQdiscSchedules(c, func(n string) (config.NIC, bool) { return cfg, n == "tsn0" })
-	nic := NIC{Name: "tsn0", Interface: "tsn0", RemoveOnLastRelease: true}
+	nic := NIC{Name: "tsn0", Interface: "tsn0", ApplySchedule: true, RemoveOnLastRelease: true}
 	ctx := context.Background()
 
 	if err := qs.Apply(ctx, nic); err != nil {

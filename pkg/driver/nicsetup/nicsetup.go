@@ -23,7 +23,11 @@ type NIC struct {
 	Name string
 	// Interface is its kernel interface name.
 	Interface string
-	// RemoveOnLastRelease takes schedule and restorer off when the last claim goes.
+	// ApplySchedule puts the node config's schedule on the NIC; false when the
+	// NIC's qdiscs belong to someone else (scheduleOwner: external).
+	ApplySchedule bool
+	// RemoveOnLastRelease takes the restorer (and the schedule, if applied)
+	// off when the last claim goes.
 	RemoveOnLastRelease bool
 }
 
@@ -71,12 +75,14 @@ func (s *Setup) Acquire(ctx context.Context, nic NIC, claimUID string) error {
 	defer s.mu.Unlock()
 	users := s.claims[nic.Name]
 	first := len(users) == 0
-	if err := s.schedules.Apply(ctx, nic); err != nil {
-		return fmt.Errorf("apply the TSN schedule of NIC %s (%s): %w", nic.Name, nic.Interface, err)
+	if nic.ApplySchedule {
+		if err := s.schedules.Apply(ctx, nic); err != nil {
+			return fmt.Errorf("apply the TSN schedule of NIC %s (%s): %w", nic.Name, nic.Interface, err)
+		}
 	}
 	if err := s.restorers.EnsureRestorer(ctx, nic.Interface); err != nil {
 		err = fmt.Errorf("attach the restorer to NIC %s (%s): %w", nic.Name, nic.Interface, err)
-		if first && nic.RemoveOnLastRelease {
+		if first && nic.ApplySchedule && nic.RemoveOnLastRelease {
 			if rerr := s.schedules.Remove(ctx, nic); rerr != nil {
 				err = errors.Join(err, fmt.Errorf("and taking the schedule off again failed: %w", rerr))
 			}
@@ -113,10 +119,12 @@ func (s *Setup) Release(ctx context.Context, nicName, claimUID string) error {
 		if err := s.restorers.RemoveRestorer(ctx, nic.Interface); err != nil {
 			return fmt.Errorf("detach the restorer from NIC %s (%s): %w", nicName, nic.Interface, err)
 		}
-		if err := s.schedules.Remove(ctx, nic); err != nil {
-			return fmt.Errorf("take the TSN schedule off NIC %s (%s): %w", nicName, nic.Interface, err)
+		if nic.ApplySchedule {
+			if err := s.schedules.Remove(ctx, nic); err != nil {
+				return fmt.Errorf("take the TSN schedule off NIC %s (%s): %w", nicName, nic.Interface, err)
+			}
 		}
-		logger.Info("Last claim released: schedule and restorer removed")
+		logger.Info("Last claim released: restorer removed", "scheduleRemoved", nic.ApplySchedule)
 	}
 	delete(users, claimUID)
 	if len(users) == 0 {

@@ -41,8 +41,9 @@ func (f *fake) Remove(_ context.Context, nic NIC) error {
 func (f *fake) take() []string { l := f.log; f.log = nil; return l }
 
 var (
-	keep   = NIC{Name: "tsn0", Interface: "eth1"}
-	remove = NIC{Name: "tsn0", Interface: "eth1", RemoveOnLastRelease: true}
+	keep     = NIC{Name: "tsn0", Interface: "eth1", ApplySchedule: true}
+	remove   = NIC{Name: "tsn0", Interface: "eth1", ApplySchedule: true, RemoveOnLastRelease: true}
+	external = NIC{Name: "tsn0", Interface: "eth1", RemoveOnLastRelease: true}
 )
 
 func TestSharedNICConfiguredOnceRemovedWithLastClaim(t *testing.T) {
@@ -95,6 +96,21 @@ func TestKeepPolicyLeavesScheduleAndRestorer(t *testing.T) {
 	}
 }
 
+func TestExternalScheduleIsNeverTouched(t *testing.T) {
+	ctx := context.Background()
+	f := &fake{}
+	s := New(f, f)
+	if err := s.Acquire(ctx, external, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Release(ctx, "tsn0", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := f.take(), []string{"ensure-restorer eth1", "remove-restorer eth1"}; !slices.Equal(got, want) {
+		t.Fatalf("calls = %v, want %v (no qdisc change with an external schedule)", got, want)
+	}
+}
+
 func TestFailedAcquireRecordsNothingAndUndoes(t *testing.T) {
 	ctx := context.Background()
 	f := &fake{applyErr: errors.New("taprio refused")}
@@ -125,7 +141,7 @@ func TestClaimHooksAcquireEveryNICOrNone(t *testing.T) {
 	f := &fake{}
 	nics := map[string]config.NIC{
 		"tsn0": {Name: "tsn0", OnLastRelease: config.ReleaseRemove},
-		"tsn1": {Name: "tsn1"},
+		"tsn1": {Name: "tsn1", ScheduleOwner: config.ScheduleOwnerDriver},
 	}
 	h := ClaimHooks{Setup: New(f, f), NICs: func(n string) (config.NIC, bool) { c, ok := nics[n]; return c, ok }}
 	claim := driver.PreparedClaim{UID: "c1", Devices: []driver.PreparedDevice{

@@ -44,8 +44,14 @@ type NIC struct {
 	// ClaimableClasses are the traffic classes pods may claim; each becomes a device. Classes not
 	// listed (best effort, for instance) are not published.
 	ClaimableClasses []int `json:"claimableClasses"`
-	// OnLastRelease says what happens to the schedule when the last claim on the NIC is released:
-	// "keep" (default) leaves it on the NIC, "remove" restores the NIC's previous root qdisc.
+	// ScheduleOwner says who puts the schedule on the NIC: "driver" (default) applies it as
+	// qdiscs when the first claim on the NIC is prepared; "external" leaves the NIC's qdiscs to
+	// someone else (a TSN controller, the NIC vendor's tools): the driver publishes the classes
+	// of the schedule given here and restores priorities, and never changes a qdisc.
+	ScheduleOwner ScheduleOwner `json:"scheduleOwner,omitempty"`
+	// OnLastRelease says what happens when the last claim on the NIC is released: "keep"
+	// (default) leaves schedule and restorer on the NIC, "remove" takes the restorer off and
+	// restores the NIC's previous root qdisc (the qdiscs only if the driver owns the schedule).
 	OnLastRelease ReleasePolicy `json:"onLastRelease,omitempty"`
 	// BandwidthRequest is the request policy of each class's bandwidth capacity.
 	BandwidthRequest BandwidthRequest `json:"bandwidthRequest,omitempty"`
@@ -59,6 +65,24 @@ type Match struct {
 	PCIAddress string `json:"pciAddress,omitempty"`
 	// Driver is the kernel driver (e.g. "igc"); it must match exactly one interface of the node.
 	Driver string `json:"driver,omitempty"`
+}
+
+// ScheduleOwner says who applies a NIC's schedule.
+type ScheduleOwner string
+
+const (
+	// ScheduleOwnerDriver: the driver applies the schedule as qdiscs.
+	ScheduleOwnerDriver ScheduleOwner = "driver"
+	// ScheduleOwnerExternal: the NIC's qdiscs are configured outside the driver.
+	ScheduleOwnerExternal ScheduleOwner = "external"
+)
+
+// Effective returns the owner with the default applied.
+func (o ScheduleOwner) Effective() ScheduleOwner {
+	if o == "" {
+		return ScheduleOwnerDriver
+	}
+	return o
 }
 
 // ReleasePolicy says what to do with a NIC's schedule when its last claim goes.
@@ -227,6 +251,13 @@ func (n *NIC) validate(p *field.Path) field.ErrorList {
 			errs = append(errs, field.Invalid(cp.Index(i), tc, "the gate control list never opens this class's gate"))
 		}
 		seen[tc] = true
+	}
+
+	switch n.ScheduleOwner {
+	case "", ScheduleOwnerDriver, ScheduleOwnerExternal:
+	default:
+		errs = append(errs, field.NotSupported(p.Child("scheduleOwner"), n.ScheduleOwner,
+			[]ScheduleOwner{ScheduleOwnerDriver, ScheduleOwnerExternal}))
 	}
 
 	switch n.OnLastRelease {

@@ -102,6 +102,8 @@ func TestParseErrors(t *testing.T) {
 			"invalid node config: nics[0].claimableClasses[0]: Invalid value: 1: the gate control list never opens this class's gate"},
 		{"release policy", "onLastRelease: remove", "onLastRelease: delete",
 			`invalid node config: nics[0].onLastRelease: Unsupported value: "delete": supported values: "keep", "remove"`},
+		{"schedule owner", "onLastRelease: remove", "onLastRelease: remove\n  scheduleOwner: nobody",
+			`invalid node config: nics[0].scheduleOwner: Unsupported value: "nobody": supported values: "driver", "external"`},
 		{"zero step", "step: 500k", "step: 0",
 			`invalid node config: nics[0].bandwidthRequest.step: Invalid value: "0": must be positive`},
 		{"default off the step grid", "default: 10M, min: 1M, step: 500k", "default: 10200k, min: 1M, step: 500k",
