@@ -140,6 +140,13 @@ func TestStatusWithoutDataPath(t *testing.T) {
 // manager, sends pod traffic, and checks that what the status command reads
 // from the pins agrees with the manager's own view.
 func TestPinsMatchManager(t *testing.T) {
+	// tc is what the DaemonSet uses (--saver-attach=tc), tcx the kernel's newer hook.
+	for _, mode := range []datapath.AttachMode{datapath.ModeTC, datapath.ModeTCX} {
+		t.Run(string(mode), func(t *testing.T) { testPinsMatchManager(t, mode) })
+	}
+}
+
+func testPinsMatchManager(t *testing.T, saverMode datapath.AttachMode) {
 	if os.Getenv("TSN_SKIP_ROOT_TESTS") != "" {
 		t.Skip("TSN_SKIP_ROOT_TESTS is set")
 	}
@@ -149,6 +156,12 @@ func TestPinsMatchManager(t *testing.T) {
 	var st unix.Statfs_t
 	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
 		t.Skip("bpffs is not mounted at /sys/fs/bpf")
+	}
+	if _, err := datapath.ProbeFeatures(); err != nil {
+		t.Skipf("eBPF data path unavailable: %v", err)
+	}
+	if f, _ := datapath.ProbeFeatures(); saverMode == datapath.ModeTCX && !f.TCX {
+		t.Skip("kernel has no TCX")
 	}
 	_, ctx := ktesting.NewTestContext(t)
 	node, err := netemu.New(netemu.Routed, 1)
@@ -161,7 +174,8 @@ func TestPinsMatchManager(t *testing.T) {
 	base := filepath.Join("/sys/fs/bpf", "tsn-status-"+hex.EncodeToString(b))
 	t.Cleanup(func() { _ = os.RemoveAll(base) })
 	pinDir := filepath.Join(base, "v1")
-	mgr, err := datapath.Open(ctx, datapath.WithPinDir(pinDir), datapath.WithNetns(node.HostNetns), datapath.WithMaxPods(8), datapath.WithQuota(64))
+	mgr, err := datapath.Open(ctx, datapath.WithPinDir(pinDir), datapath.WithNetns(node.HostNetns), datapath.WithMaxPods(8), datapath.WithQuota(64),
+		datapath.WithSaverAttachMode(saverMode))
 	if err != nil {
 		t.Fatalf("open data path: %v", err)
 	}
