@@ -20,13 +20,14 @@ import (
 	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/images"
 )
 
-var withDriver *bool
+var withDriver, install *bool
 
 func main() {
 	bin := flag.String("bin", envOr("E2E_BIN", "/var/cache/tsn-dra-driver/e2e-v1/bin"), "binaries built by hack/e2e/build.sh")
 	repo := flag.String("repo", ".", "root of the tsn-dra-driver repository (for the example images)")
 	keep := flag.Bool("keep", false, "keep the state directory (logs, configs) after shutdown")
 	withDriver = flag.Bool("driver", true, "also build the driver image under the references deployments/ uses (then: kubectl apply -f deployments/)")
+	install = flag.Bool("install", false, "with -driver: kubectl apply -f deployments/ once the cluster is up")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Fatal("e2e-cluster must run as root (namespaces, cgroups, mounts)")
@@ -66,6 +67,13 @@ func run(ctx context.Context, c *cluster.Cluster, bin, repo string, start time.T
 	}
 	if err := c.ImportImages(ctx, archive); err != nil {
 		return err
+	}
+	if *withDriver && *install {
+		out, err := c.Kubectl(ctx, "apply", "-f", filepath.Join(repo, "deployments"))
+		if err != nil {
+			return err
+		}
+		fmt.Print(string(out))
 	}
 	fmt.Printf(`cluster up in %v; state in %s
   export KUBECONFIG=%s
