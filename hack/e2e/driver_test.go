@@ -212,6 +212,27 @@ func driverScenario(ctx context.Context, t *testing.T, c *cluster.Cluster, repo 
 				"node config in deployments/: claims cannot be prepared here", probe)
 		}
 	}
+	t.Run("UnclaimedTalker", func(t *testing.T) {
+		// With the driver's NRI hooks in the runtime, a pod without a claim
+		// still runs, and its priority 1 still leaves tsn0 as 0.
+		const n = 500
+		p := scenarioPod{talkerPod: talkerPod{name: "noclaim-with-driver", stream: "noclaim-driver", tag: 31,
+			args: []string{"-priority", "1"}}, want: bestEffort}
+		rcv := startReceiver(ctx, t, c, rcvBin)
+		if err := obs.Reset(); err != nil {
+			t.Fatal(err)
+		}
+		apply(ctx, t, c, p.manifest(n))
+		waitSucceeded(ctx, t, c, p.name)
+		rep := rcv.stop(t)
+		if s := rep.stream(p.stream); s == nil || s.Packets != n {
+			t.Errorf("stream %s: receiver saw %+v, want %d packets (receiver socket drops: %d)", p.stream, s, n, rep.SocketDrops)
+		}
+		checkObserved(t, obs, p, n)
+		if _, err := c.Kubectl(ctx, "delete", "pod", p.name, "--wait=true", "--timeout=60s"); err != nil {
+			t.Error(err)
+		}
+	})
 	t.Run("PrepareFailsCleanlyWithoutTaprio", func(t *testing.T) {
 		if taprio {
 			t.Skip("the kernel has taprio: ClaimedTraffic covers prepare")
