@@ -99,11 +99,12 @@ func New(t Topology, npods int) (n *Node, err error) {
 	}
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
-	n = &Node{Topology: t, Suffix: hex.EncodeToString(b)}
+	node := &Node{Topology: t, Suffix: hex.EncodeToString(b)}
+	n = node
+	// The returns below set n to nil before this runs: clean up through node.
 	defer func() {
 		if err != nil {
-			n.Close()
-			n = nil
+			node.Close()
 		}
 	}()
 	if n.HostNetns, err = n.newNS("host"); err != nil {
