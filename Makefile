@@ -20,9 +20,11 @@ all: build
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/...
 
-## test: vet + every Go test (root tests run as root, skip otherwise).
+## test: vet + every Go test (root tests run as root, skip otherwise), then the commands shown in
+##   README.md and docs/ (hack/check-docs.sh).
 test: lint cni-plugins helm
 	$(GO) test $(GOFLAGS) $(TEST_FLAGS) ./...
+	GO=$(GO) hack/check-docs.sh
 
 ## test-unit: the tests that need neither root nor a kernel feature.
 test-unit:
