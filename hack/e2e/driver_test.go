@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,6 +16,8 @@ import (
 
 // The names deployments/ uses.
 const (
+	// bpfPinDir is the DaemonSet's --bpf-pin-dir, in the node's own bpffs.
+	bpfPinDir       = "/sys/fs/bpf/tsn-dra/v1"
 	driverName      = "tsn.dra.io"
 	driverNamespace = "tsn-dra-driver"
 	driverDaemonSet = "tsn-dra-driver"
@@ -232,6 +235,7 @@ func driverScenario(ctx context.Context, t *testing.T, c *cluster.Cluster, repo 
 		if _, err := c.Kubectl(ctx, "delete", "pod", p.name, "--wait=true", "--timeout=60s"); err != nil {
 			t.Error(err)
 		}
+		waitNoSavers(ctx, t, c)
 	})
 	t.Run("PrepareFailsCleanlyWithoutTaprio", func(t *testing.T) {
 		if taprio {
@@ -323,6 +327,7 @@ func claimedTraffic(ctx context.Context, t *testing.T, c *cluster.Cluster, obs *
 		}
 	}
 	waitCheckpointEmpty(ctx, t, c)
+	waitNoSavers(ctx, t, c)
 }
 
 // driverRestart: 8 s of claimed traffic; the driver pod is deleted 2 s in and
@@ -359,6 +364,7 @@ func driverRestart(ctx context.Context, t *testing.T, c *cluster.Cluster, obs *o
 			t.Error(err)
 		}
 		waitCheckpointEmpty(ctx, t, c)
+		waitNoSavers(ctx, t, c)
 	}
 }
 
@@ -550,6 +556,7 @@ func prepareFailsCleanly(ctx context.Context, t *testing.T, c *cluster.Cluster) 
 		t.Fatal(err)
 	}
 	waitCheckpointEmpty(ctx, t, c)
+	waitNoSavers(ctx, t, c)
 	if after := qdiscs(); after != before {
 		t.Errorf("deleting the pod left %s's qdiscs changed:\nbefore: %s\nafter:  %s", cluster.TSNInterface, before, after)
 	}
@@ -565,4 +572,29 @@ func lastEvent(ctx context.Context, c *cluster.Cluster, name, reason string) (st
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	return lines[len(lines)-1], nil
+}
+
+// waitNoSavers waits until no pod saver is pinned in the node's bpffs: every
+// pod the test started is gone, and with it its saver.
+func waitNoSavers(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	dir := c.NodePath(bpfPinDir + "/savers")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		entries, err := os.ReadDir(dir)
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatalf("listing the driver's saver pins: %v", err)
+		}
+		if len(entries) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			var names []string
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			t.Fatalf("saver pins left a minute after their pods were deleted: %v", names)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }

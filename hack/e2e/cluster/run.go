@@ -472,3 +472,9 @@ func (c *Cluster) Leftovers() []string {
 // NodePID is a process in the node's namespaces: enter them with
 // nsenter --target <pid> --net --mount.
 func (c *Cluster) NodePID() int { return c.node.pid() }
+
+// NodePath returns the host path under which the node's file system view
+// shows path (e.g. its bpffs at /sys/fs/bpf): /proc/<pid>/root/<path>.
+func (c *Cluster) NodePath(path string) string {
+	return fmt.Sprintf("/proc/%d/root%s", c.node.pid(), path)
+}
