@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -612,3 +613,45 @@ func (s *staticDiscoverer) Resolve(m config.Match) (*nic.Info, error) {
 }
 
 func checkpointPath(stateDir string) string { return filepath.Join(stateDir, "checkpoint.json") }
+
+type podSandbox = api.PodSandbox
+
+type cfgNIC = config.NIC
+
+func klogDiscard() klog.Logger { return klog.Background().V(10) }
+
+func contextWithCancel() (context.Context, context.CancelFunc) {
+	return context.WithCancel(quietCtx())
+}
+
+// routePod routes the pod to everything through its veth with a static neighbour for the
+// gateway (the host side has no address in the pod's subnet, as with Calico), and the host back
+// to the pod's /32.
+func routePod(n *netemu.Node, p *podNS) error {
+	var hostMAC net.HardwareAddr
+	if err := inNetns(n.HostNetns, func() error {
+		l, err := netlink.LinkByName(p.HostIf)
+		if err != nil {
+			return err
+		}
+		hostMAC = l.Attrs().HardwareAddr
+		_, dst, _ := net.ParseCIDR(p.IP + "/32")
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK})
+	}); err != nil {
+		return fmt.Errorf("host route to pod: %w", err)
+	}
+	return inNetns(p.Path, func() error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		gw := net.ParseIP("169.254.1.1")
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}); err != nil {
+			return err
+		}
+		if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: l.Attrs().Index, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostMAC, Family: unix.AF_INET}); err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: gw})
+	})
+}
