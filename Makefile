@@ -12,7 +12,7 @@ CNI_PLUGINS_VERSION ?= v1.9.1
 CNI_PATH  ?= /var/cache/tsn-dra-driver/cni-$(CNI_PLUGINS_VERSION)
 export CNI_PATH
 
-.PHONY: helm all build test test-unit lint generate demo bench-datapath clean cni-plugins e2e e2e-build e2e-cluster vmtest
+.PHONY: helm all build test test-unit lint generate demo bench-datapath bench test-reliability fuzz clean cni-plugins e2e e2e-build e2e-cluster vmtest
 
 all: build
 
@@ -61,6 +61,26 @@ helm: $(HELM)
 $(HELM_DIR)/helm:
 	mkdir -p $(HELM_DIR)
 	GOBIN=$(HELM_DIR) CGO_ENABLED=0 nice -n 10 $(GO) install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+
+## bench: one run of every benchmark side by side (data path, latency pod -> wire, Prepare, NRI hooks,
+##   driver RSS with 200 claims, map and expiry cost, reliability suite) into docs/benchmarks.md (root).
+bench: cni-plugins
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+	nice -n 10 $(GO) run ./test/bench -go $(GO) -out docs/benchmarks.md
+
+## test-reliability: the cross-component reliability suite (root; also part of `make test`) and
+##   `make fuzz`. See docs/reliability.md.
+test-reliability: cni-plugins
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+	$(GO) test $(GOFLAGS) $(TEST_FLAGS) -v -timeout 15m ./test/reliability/
+	$(MAKE) fuzz
+
+## fuzz: every fuzz target for FUZZTIME each (the seeds under testdata/fuzz run with every `go test`).
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test $(GOFLAGS) -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pkg/tsn/config/
+	$(GO) test $(GOFLAGS) -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/driver/apis/v1alpha1/
+	$(GO) test $(GOFLAGS) -run '^$$' -fuzz '^FuzzValidate$$' -fuzztime $(FUZZTIME) ./pkg/tsn/schedule/
 
 ## cni-plugins: install the bridge, host-local and loopback CNI plugins into $(CNI_PATH).
 cni-plugins: $(CNI_PATH)/bridge $(CNI_PATH)/host-local $(CNI_PATH)/loopback

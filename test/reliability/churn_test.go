@@ -178,7 +178,7 @@ func TestChurn500(t *testing.T) {
 		}
 	}
 	for j, l := range running {
-		teardown(l, j)
+		teardown(l, pods-len(running)+j)
 	}
 	t.Logf("%d pods with claims through prepare/run/stop/remove/unprepare in %v; %d packets from %d pods checked at tsn0",
 		pods, time.Since(start).Round(time.Millisecond), sentChecked, tags)
@@ -210,8 +210,17 @@ func TestChurn500(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if got := linkNames(t, n.HostNetns); !slices.Equal(got, linksBefore) {
-		t.Errorf("host links before %v, after %v", linksBefore, got)
+	// The kernel dismantles a deleted netns (and the host end of its veth) in a work queue.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		got := linkNames(t, n.HostNetns)
+		if slices.Equal(got, linksBefore) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("host links before %v, 10s after the last pod %v", linksBefore, got)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if got := qdiscs(t, n.HostNetns, netemu.NIC); !slices.Equal(got, qdiscsBefore) {
 		t.Errorf("%s qdiscs before %v, after %v", netemu.NIC, qdiscsBefore, got)

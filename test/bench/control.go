@@ -1,0 +1,71 @@
+package main
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+func numCPU() int { return runtimeNumCPU() }
+
+// benchDatapath runs pkg/tsn/datapath's BenchmarkDatapath (the same as make bench-datapath).
+func benchDatapath(r *report) error {
+	n := "40000x"
+	if *quick {
+		n = "8000x"
+	}
+	outp, err := goTest(nil, "-run", "^$", "-bench", "^BenchmarkDatapath$", "-benchtime", n, "./pkg/tsn/datapath/")
+	if err != nil {
+		return err
+	}
+	m, err := benchMetrics(outp, "BenchmarkDatapath")
+	if err != nil {
+		return err
+	}
+	r.dp = m
+	return nil
+}
+
+// benchPrepare runs pkg/driver's kubelet-side test and takes its Prepare latency log.
+func benchPrepare(r *report) error {
+	outp, err := goTest(nil, "-run", "^TestKubeletSide$", "-v", "./pkg/driver/")
+	if err != nil {
+		return err
+	}
+	re := regexp.MustCompile(`round (\d+): NodePrepareResources latency over (\d+) claims.*p50=(\S+) p99=(\S+) max=(\S+)`)
+	ms := re.FindAllStringSubmatch(outp, -1)
+	if len(ms) == 0 {
+		return fmt.Errorf("no latency line in TestKubeletSide's output:\n%s", tail(outp, 2000))
+	}
+	last := ms[len(ms)-1]
+	r.prepP50, r.prepP99, r.prepMax = parseDur(last[3]), parseDur(last[4]), parseDur(last[5])
+	var rounds []string
+	for _, m := range ms {
+		rounds = append(rounds, fmt.Sprintf("round %s p99 %s", m[1], m[4]))
+	}
+	r.prepRounds = fmt.Sprintf("%d claims per round, the test repeats a round whose p99 misses 50 ms (up to 3): %s", atoi(last[2]), strings.Join(rounds, ", "))
+	return nil
+}
+
+// benchNRI runs pkg/driver/nrihooks' TestHookLatency and takes its log.
+func benchNRI(r *report) error {
+	outp, err := goTest(nil, "-run", "^TestHookLatency$", "-v", "./pkg/driver/nrihooks/")
+	if err != nil {
+		return err
+	}
+	run := regexp.MustCompile(`RunPodSandbox \(attach saver\) over NRI: n=(\d+) p50=(\S+) p99=(\S+)`).FindStringSubmatch(outp)
+	stop := regexp.MustCompile(`StopPodSandbox \(detach saver\) over NRI: n=(\d+) p50=(\S+) p99=(\S+)`).FindStringSubmatch(outp)
+	if run == nil || stop == nil {
+		return fmt.Errorf("no latency lines in TestHookLatency's output:\n%s", tail(outp, 2000))
+	}
+	r.runP50, r.runP99 = parseDur(run[2]), parseDur(run[3])
+	r.stopP50, r.stopP99 = parseDur(stop[2]), parseDur(stop[3])
+	r.nriN = fmt.Sprintf("n=%s per hook (10 pods x 10 rounds)", run[1])
+	return nil
+}
+
+func atoi(s string) int {
+	var v int
+	fmt.Sscanf(s, "%d", &v)
+	return v
+}
