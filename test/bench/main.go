@@ -97,17 +97,20 @@ func main() {
 func goTest(env []string, args ...string) (string, error) {
 	cmd := exec.Command(*goBin, append([]string{"test", "-count=1"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
-	var buf bytes.Buffer
-	cmd.Stdout = &buf
-	cmd.Stderr = &buf
+	// Results and t.Logf lines go to stdout; klog writes its own lines to stderr, which would
+	// split a benchmark's result line.
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
 	err := cmd.Run()
 	if *verbose {
-		os.Stderr.Write(buf.Bytes())
+		os.Stderr.Write(stderr.Bytes())
+		os.Stderr.Write(stdout.Bytes())
 	}
 	if err != nil {
-		return buf.String(), fmt.Errorf("go test %s: %v\n%s", strings.Join(args, " "), err, tail(buf.String(), 3000))
+		return stdout.String(), fmt.Errorf("go test %s: %v\n%s\n%s", strings.Join(args, " "), err, tail(stdout.String(), 2000), tail(stderr.String(), 1000))
 	}
-	return buf.String(), nil
+	return stdout.String(), nil
 }
 
 func tail(s string, n int) string {

@@ -45,6 +45,12 @@ type report struct {
 	rssNote                 string
 	maps                    []mapRow
 	rel                     []relResult
+	nri                     []nriResult
+}
+
+type nriResult struct {
+	mode, n                          string
+	runP50, runP99, stopP50, stopP99 time.Duration
 }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.1f µs", float64(d)/1e3) }
@@ -145,9 +151,13 @@ func (r *report) markdown() string {
 			w("| claim Prepare (NodePrepareResources) | %s | %s | %s | pkg/driver TestKubeletSide: the real plugin on unix sockets, kubelet's DRA v1 gRPC client, 200 claims one per call (gRPC + claim fetch + plan + fsynced checkpoint + status apply); %s |\n",
 				ms(r.prepP50), ms(r.prepP99), ms(r.prepMax), r.prepRounds)
 		}
-		if r.runP99 > 0 {
-			w("| NRI RunPodSandbox (attach saver) | %s | %s | | pkg/driver/nrihooks TestHookLatency: NRI's runtime side over a unix socket, bridge-CNI pods, %s |\n", ms(r.runP50), ms(r.runP99), r.nriN)
-			w("| NRI StopPodSandbox (detach saver) | %s | %s | | same |\n", ms(r.stopP50), ms(r.stopP99))
+		for _, x := range r.nri {
+			def := ""
+			if x.mode == "tc" {
+				def = ", the daemon's default"
+			}
+			w("| NRI RunPodSandbox (attach saver, %s%s) | %s | %s | | pkg/driver/nrihooks TestHookLatency: NRI's runtime side over a unix socket, bridge-CNI pods, n=%s (10 pods x 10 rounds) |\n", x.mode, def, ms(x.runP50), ms(x.runP99), x.n)
+			w("| NRI StopPodSandbox (detach saver, %s) | %s | %s | | same |\n", x.mode, ms(x.stopP50), ms(x.stopP99))
 		}
 		w("\n")
 	}
