@@ -15,7 +15,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"flag"
@@ -120,27 +119,27 @@ func tail(s string, n int) string {
 	return s
 }
 
-// benchMetrics parses the custom metrics of one benchmark result line.
+// benchMetrics parses the custom metrics of one benchmark result line. Log lines printed while
+// the benchmark runs can split "BenchmarkX-2" from its figures, so the figures are found on their
+// own: "<iterations> <ns> ns/op <value> <unit> ...".
 func benchMetrics(output, name string) (map[string]float64, error) {
-	sc := bufio.NewScanner(strings.NewReader(output))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 3 || !strings.HasPrefix(f[0], name) {
-			continue
-		}
-		if _, err := strconv.Atoi(f[1]); err != nil {
-			continue
-		}
-		m := map[string]float64{}
-		for i := 2; i+1 < len(f); i += 2 {
-			v, err := strconv.ParseFloat(f[i], 64)
-			if err == nil {
-				m[f[i+1]] = v
-			}
-		}
-		return m, nil
+	i := strings.Index(output, name)
+	if i < 0 {
+		return nil, fmt.Errorf("no result for %s in:\n%s", name, tail(output, 2000))
 	}
-	return nil, fmt.Errorf("no result line for %s in:\n%s", name, tail(output, 2000))
+	re := regexp.MustCompile(`(?m)(?:^|\s)(\d+)\s+[0-9.]+ ns/op(.*)$`)
+	m := re.FindStringSubmatch(output[i:])
+	if m == nil {
+		return nil, fmt.Errorf("no result line for %s in:\n%s", name, tail(output, 2000))
+	}
+	f := strings.Fields(m[2])
+	res := map[string]float64{}
+	for j := 0; j+1 < len(f); j += 2 {
+		if v, err := strconv.ParseFloat(f[j], 64); err == nil {
+			res[f[j+1]] = v
+		}
+	}
+	return res, nil
 }
 
 func loadavg() string {
