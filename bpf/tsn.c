@@ -164,9 +164,16 @@ static __always_inline __u32 now_units(void)
 	return (__u32)(bpf_ktime_get_coarse_ns() >> 20);
 }
 
+/*
+ * The age is signed: whoever reads the clock first may meet an entry saved
+ * after that (an expiry sweep takes a while; a saver on another CPU read the
+ * clock a tick later). Such an entry is younger than "now", not 2^32 units
+ * old. (An entry would look young again only after 2^31 units, ~26 days,
+ * with no expiry run at all in between.)
+ */
 static __always_inline int expired(struct tsn_way *e, __u32 now)
 {
-	return (__u32)(now - e->saved) > ttl_units;
+	return (__s32)(now - e->saved) > (__s32)ttl_units;
 }
 
 _Static_assert(sizeof(struct tsn_key) == 32, "tsn_key is 8 words");

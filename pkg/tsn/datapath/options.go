@@ -57,7 +57,11 @@ func WithMaxPods(n uint32) Option { return func(o *options) { o.maxPods = n } }
 // The shared map holds MaxPods*Quota entries, so no pod can fill it.
 func WithQuota(n uint32) Option { return func(o *options) { o.quota = n } }
 
-// WithTTL sets how long a saved entry waits for its packet at the NIC (default 1s).
+// maxTTL bounds WithTTL (see validate).
+const maxTTL = time.Hour
+
+// WithTTL sets how long a saved entry waits for its packet at the NIC
+// (default 1s, at most 1h).
 func WithTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
 
 // WithGCInterval sets how often expired entries are removed (default 250ms).
@@ -106,6 +110,11 @@ func (o *options) validate() error {
 	}
 	if o.ttl <= 0 || o.gcInterval <= 0 {
 		return fmt.Errorf("ttl %v and gc interval %v must be positive", o.ttl, o.gcInterval)
+	}
+	// Entries age in a 32-bit count of 2^20 ns read as signed (bpf/tsn.c):
+	// a TTL must stay far below 2^31 units (~26 days).
+	if o.ttl > maxTTL {
+		return fmt.Errorf("ttl %v: at most %v", o.ttl, maxTTL)
 	}
 	if o.nicClock != ClockTAI && o.nicClock != ClockMonotonic {
 		return fmt.Errorf("nic clock %v: want tai or monotonic", o.nicClock)

@@ -3,6 +3,7 @@ package datapath
 import (
 	"reflect"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/bpf"
@@ -55,5 +56,18 @@ func TestLayout(t *testing.T) {
 	}
 	if s := unsafe.Sizeof(record{}); s != recordSize {
 		t.Errorf("record is %d bytes, want %d", s, recordSize)
+	}
+}
+
+func TestOptionsTTLBound(t *testing.T) {
+	for _, tc := range []struct {
+		ttl time.Duration
+		ok  bool
+	}{{time.Millisecond, true}, {time.Second, true}, {maxTTL, true}, {maxTTL + time.Second, false}, {0, false}} {
+		o := defaultOptions()
+		o.ttl = tc.ttl
+		if err := o.validate(); (err == nil) != tc.ok {
+			t.Errorf("ttl %v: validate() = %v, want ok %v", tc.ttl, err, tc.ok)
+		}
 	}
 }

@@ -1,0 +1,64 @@
+package datapath_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
+)
+
+// TestExpiryKeepsLiveEntries runs expiry back to back (every millisecond)
+// while a pod sends: however often it runs, it must never free an entry whose
+// packet is still on its way (well within the TTL), with the kernel timer and
+// with the manager's sweep. (TestExpiryAge pins down the rule behind it.)
+func TestExpiryKeepsLiveEntries(t *testing.T) {
+	needRoot(t)
+	for _, tc := range []struct {
+		name  string
+		timer bool
+	}{{"timer", true}, {"sweep", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			n := newNode(t, netemu.Routed, 1)
+			if tc.timer {
+				// Features.Timer is known once a manager has tried to arm it.
+				probe := openManager(t, n, pinDir(t))
+				has := probe.Features().Timer
+				if err := probe.Uninstall(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if !has {
+					t.Skip("the kernel refuses bpf_timer (PREEMPT_RT): expiry runs as the manager's sweep, tested by the sweep subtest")
+				}
+			}
+			m := openManager(t, n, pinDir(t), datapath.WithGCInterval(time.Millisecond), datapath.WithKernelTimer(tc.timer))
+			if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
+				t.Fatal(err)
+			}
+			obs := attachObserver(t, n, m.Mode())
+			pod := n.Pods[0]
+			if err := m.AttachSaver(ctx, "pod-a", pod.Netns, pod.Ifname, allowAll); err != nil {
+				t.Fatal(err)
+			}
+			s := newSender(t, pod.Netns, n)
+			const count = 20000
+			start := time.Now()
+			withMeta := sendMix(t, s, 1, count)
+			r := waitTotal(t, obs, 1, count)
+			c, err := m.Counters("pod-a")
+			if err != nil {
+				t.Fatal(err)
+			}
+			tot := c.Total()
+			t.Logf("%d packets in %v: observer total %d right %d missed %d wrong %d; counters %+v",
+				count, time.Since(start).Round(time.Millisecond), r.Total, r.Right, r.Missed, r.Wrong, tot)
+			if r.Total != count || r.Right != count || r.Wrong != 0 {
+				t.Errorf("want %d packets all right, got total %d right %d missed %d wrong %d", count, r.Total, r.Right, r.Missed, r.Wrong)
+			}
+			if tot.Expired != 0 || tot.Missed != 0 || tot.Restored < uint64(withMeta) {
+				t.Errorf("want %d restored, nothing missed or expired; got %+v", withMeta, tot)
+			}
+		})
+	}
+}
