@@ -277,6 +277,9 @@ func benchRSS(r *report) error {
 	time.Sleep(3 * time.Second)
 	r.rssClaims, r.hwm, r.rssClaimsN = procStatus(pid, "VmRSS"), procStatus(pid, "VmHWM"), rssClaims
 	r.anonClaims, r.fileClaims = procStatus(pid, "RssAnon"), procStatus(pid, "RssFile")
+	if err := daemonIdleRSS(r); err != nil {
+		fmt.Fprintf(os.Stderr, "real daemon idle RSS: %v\n", err)
+	}
 	r.rssNote = fmt.Sprintf("The driver as cmd/tsn-dra-driver assembles it (eBPF data path with the restorer on tsn0, NIC setup, kubelet "+
 		"plugin with its gRPC servers and ResourceSlice controller, NRI hooks retrying to reach a runtime, Prometheus metrics served over HTTP), "+
 		"in a subprocess (`bench -rss-child`), against client-go's fake clientset holding the node and the %d claims (so the API objects the "+
