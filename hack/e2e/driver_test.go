@@ -208,11 +208,21 @@ func driverScenario(ctx context.Context, t *testing.T, c *cluster.Cluster, repo 
 	}) {
 		return
 	}
+	// On failure, what the driver itself says: its status, its metrics and
+	// what is on tsn0 (the cluster dump has objects and logs).
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpDriverState(context.Background(), t, c)
+		}
+	})
 	taprio, probe := kernelHasTaprio(ctx, c)
-	needTaprio := func(t *testing.T) {
-		if !taprio {
-			t.Skipf("this kernel has no taprio qdisc (%q), and preparing a claim applies the taprio schedule of the "+
-				"node config in deployments/: claims cannot be prepared here", probe)
+	// external: the node config says scheduleOwner: external (set below where
+	// the kernel has no taprio), so claims are prepared without a qdisc change.
+	external := false
+	needClaims := func(t *testing.T) {
+		if !taprio && !external {
+			t.Skipf("this kernel has no taprio qdisc (%q) and the node config could not be switched to "+
+				"scheduleOwner: external (see ExternalSchedule)", probe)
 		}
 	}
 	t.Run("UnclaimedTalker", func(t *testing.T) {
@@ -243,14 +253,81 @@ func driverScenario(ctx context.Context, t *testing.T, c *cluster.Cluster, repo 
 		}
 		prepareFailsCleanly(ctx, t, c)
 	})
+	if !taprio {
+		// The shipped node config has the driver apply a taprio schedule,
+		// which this kernel cannot run. An admin in that position (or one
+		// whose NIC is scheduled by a TSN controller) sets scheduleOwner:
+		// external: the driver restores priorities and leaves the qdiscs alone.
+		external = t.Run("ExternalSchedule", func(t *testing.T) {
+			t.Logf("no taprio here (%q): node config switched to scheduleOwner: external", probe)
+			useExternalSchedule(ctx, t, c, repo)
+			waitSlices(ctx, t, c, []int64{1, 2})
+		})
+	}
 	t.Run("ClaimedTraffic", func(t *testing.T) {
-		needTaprio(t)
-		claimedTraffic(ctx, t, c, obs, rcvBin, devs)
+		needClaims(t)
+		claimedTraffic(ctx, t, c, obs, rcvBin, devs, external)
 	})
 	t.Run("DriverRestartMidTraffic", func(t *testing.T) {
-		needTaprio(t)
+		needClaims(t)
 		driverRestart(ctx, t, c, obs, rcvBin)
 	})
+}
+
+// tsnQdiscs returns what `tc qdisc show dev tsn0` prints in the node.
+func tsnQdiscs(ctx context.Context, t *testing.T, c *cluster.Cluster) string {
+	t.Helper()
+	out, err := c.InNode(ctx, "tc", "qdisc", "show", "dev", cluster.TSNInterface)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// podUID returns the pod's UID.
+func podUID(ctx context.Context, t *testing.T, c *cluster.Cluster, name string) string {
+	t.Helper()
+	out, err := c.Kubectl(ctx, "get", "pod", name, "-o", "jsonpath={.metadata.uid}")
+	if err != nil || len(out) == 0 {
+		t.Fatalf("pod %s: no UID (%v)", name, err)
+	}
+	return string(out)
+}
+
+// dumpDriverState logs the driver's status, its metrics, tsn0's qdiscs and
+// filters and the node's bpffs pins.
+func dumpDriverState(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"-n", driverNamespace, "exec", "daemonset/" + driverDaemonSet, "--", "/tsn-dra-driver", "status"},
+		{"-n", driverNamespace, "get", "configmap", "tsn-dra-driver-config", "-o", "yaml"},
+		{"-n", driverNamespace, "logs", "daemonset/" + driverDaemonSet, "--tail=300"},
+		{"-n", driverNamespace, "logs", "daemonset/" + driverDaemonSet, "--previous", "--tail=100"},
+	} {
+		out, err := c.Kubectl(ctx, args...)
+		fmt.Fprintf(&b, "\n=== kubectl %s\n%s\n", strings.Join(args, " "), out)
+		if err != nil {
+			fmt.Fprintln(&b, err)
+		}
+	}
+	if m, err := c.HTTPGet(ctx, fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)); err == nil {
+		fmt.Fprintf(&b, "\n=== driver /metrics (tsn_dra_*)\n%s\n", tsnLines(m))
+	} else {
+		fmt.Fprintf(&b, "\n=== driver /metrics: %v\n", err)
+	}
+	for _, args := range [][]string{
+		{"tc", "-s", "qdisc", "show", "dev", cluster.TSNInterface},
+		{"tc", "filter", "show", "dev", cluster.TSNInterface, "egress"},
+		{"find", bpfPinDir},
+		{"cat", "/var/lib/tsn-dra-driver/checkpoint.json"},
+	} {
+		out, err := c.InNode(ctx, args...)
+		fmt.Fprintf(&b, "\n=== node: %s\n%s\n", strings.Join(args, " "), out)
+		if err != nil {
+			fmt.Fprintln(&b, err)
+		}
+	}
+	t.Logf("driver state at failure:%s", b.String())
 }
 
 func checkDevices(t *testing.T, devs map[int64]sliceDevice) {
@@ -269,7 +346,8 @@ func checkDevices(t *testing.T, devs map[int64]sliceDevice) {
 	}
 }
 
-func claimedTraffic(ctx context.Context, t *testing.T, c *cluster.Cluster, obs *observe.Observer, rcvBin string, devs map[int64]sliceDevice) {
+func claimedTraffic(ctx context.Context, t *testing.T, c *cluster.Cluster, obs *observe.Observer, rcvBin string, devs map[int64]sliceDevice, external bool) {
+	qdiscsBefore := tsnQdiscs(ctx, t, c)
 
 	for _, tmpl := range []struct {
 		name  string
@@ -303,13 +381,19 @@ func claimedTraffic(ctx context.Context, t *testing.T, c *cluster.Cluster, obs *
 			apply(ctx, t, c, claimedTalker(p.talkerPod, p.template, n))
 		}
 	}
+	uids := map[string]string{}
 	for _, p := range pods {
 		if p.template == "" {
 			continue
 		}
 		waitRunning(ctx, t, c, p.name)
 		checkClaim(ctx, t, c, p.name, devs[int64(p.class)].Name)
+		uids[p.name] = podUID(ctx, t, c, p.name)
 	}
+	// While the talkers send: what the driver reports about them. The
+	// kubelet stops a finished pod's sandbox and unprepares its claims at
+	// once, so this cannot wait for the end of the traffic.
+	checkDriverView(ctx, t, c, pods, uids)
 	for _, p := range pods {
 		d := waitSucceeded(ctx, t, c, p.name)
 		t.Logf("TIMING pod %s: created to Succeeded in %v", p.name, d.Round(time.Millisecond))
@@ -321,13 +405,110 @@ func claimedTraffic(ctx context.Context, t *testing.T, c *cluster.Cluster, obs *
 		}
 		checkObserved(t, obs, p, n)
 	}
+	if external {
+		if after := tsnQdiscs(ctx, t, c); after != qdiscsBefore {
+			t.Errorf("scheduleOwner: external, yet %s's qdiscs changed with claims prepared:\nbefore: %s\nafter:  %s",
+				cluster.TSNInterface, qdiscsBefore, after)
+		}
+	}
 	for _, p := range pods {
 		if _, err := c.Kubectl(ctx, "delete", "pod", p.name, "--wait=true", "--timeout=60s"); err != nil {
 			t.Error(err)
 		}
 	}
-	waitCheckpointEmpty(ctx, t, c)
-	waitNoSavers(ctx, t, c)
+	waitNothingLeft(ctx, t, c)
+	if external {
+		if after := tsnQdiscs(ctx, t, c); after != qdiscsBefore {
+			t.Errorf("scheduleOwner: external, yet %s's qdiscs changed after the claims were unprepared:\nbefore: %s\nafter:  %s",
+				cluster.TSNInterface, qdiscsBefore, after)
+		}
+	}
+}
+
+// checkDriverView checks, while the claimed pods send, what the driver itself
+// reports about them: the status command (the restorer on tsn0, one attached
+// saver per claimed pod holding its granted priorities, its counters) and
+// /metrics (the NRI hook histogram, the data path's per-pod counters). The
+// counters are read mid-traffic, so they are checked for the kind of packets
+// counted, not their number (the observer at tsn0 counts every packet).
+func checkDriverView(ctx context.Context, t *testing.T, c *cluster.Cluster, pods []scenarioPod, uids map[string]string) {
+	t.Helper()
+	const packets = "tsn_dra_datapath_packets_total"
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		st := driverStatus(ctx, t, c)
+		m, raw := driverMetrics(ctx, t, c)
+		var problems []string
+		restorer := false
+		if st.Pins != nil {
+			for _, r := range st.Pins.Restorers {
+				restorer = restorer || r.Interface == cluster.TSNInterface
+			}
+		}
+		if !restorer {
+			problems = append(problems, "no restorer pinned for "+cluster.TSNInterface)
+		}
+		const hook = "tsn_dra_nri_hook_duration_seconds_count"
+		if v, _ := metricValue(m, hook, map[string]string{"event": "RunPodSandbox", "result": "success"}); v < float64(len(uids)) {
+			problems = append(problems, fmt.Sprintf("/metrics: %s{event=RunPodSandbox,result=success} = %v, want >= %d (one per claimed pod)", hook, v, len(uids)))
+		}
+		if v, _ := metricValue(m, hook, map[string]string{"result": "error"}); v > 0 {
+			problems = append(problems, fmt.Sprintf("/metrics: %v NRI hooks failed", v))
+		}
+		var seen []string
+		for _, p := range pods {
+			uid, claimed := uids[p.name]
+			if !claimed {
+				continue
+			}
+			sv := st.saverOf(uid)
+			if sv == nil || !sv.Attached {
+				problems = append(problems, fmt.Sprintf("no attached saver for pod %s (%s): %+v", p.name, uid, sv))
+				continue
+			}
+			prio := fmt.Sprint(p.sentPriority())
+			cnt := sv.Counters[prio]
+			metric := func(result string) float64 {
+				v, _ := metricValue(m, packets, map[string]string{"pod": p.name, "pod_uid": uid, "priority": prio, "result": result})
+				return v
+			}
+			seen = append(seen, fmt.Sprintf("pod %s: saver in slot %d allows %v; priority %s: status %+v, /metrics restored %v demoted %v",
+				p.name, sv.Slot, sv.Allowed, prio, cnt, metric("restored"), metric("demoted")))
+			switch p.want {
+			case restored:
+				if cnt.Restored == 0 || metric("restored") == 0 || cnt.Demoted != 0 {
+					problems = append(problems, fmt.Sprintf("pod %s: priority %s not counted as restored (or counted demoted)", p.name, prio))
+				}
+			case demoted:
+				if cnt.Demoted == 0 || metric("demoted") == 0 || cnt.Restored != 0 {
+					problems = append(problems, fmt.Sprintf("pod %s: ungranted priority %s not counted as demoted (or counted restored)", p.name, prio))
+				}
+			}
+		}
+		if len(problems) == 0 {
+			for _, l := range seen {
+				t.Log(l)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("driver's view of the claimed pods mid-traffic:\n%s\nseen:\n%s\nstatus:\n%s\n/metrics:\n%s",
+				strings.Join(problems, "\n"), strings.Join(seen, "\n"), st.raw, tsnLines(raw))
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// tsnLines keeps the driver's own metrics.
+func tsnLines(b []byte) string {
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "tsn_dra_") {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // driverRestart: 8 s of claimed traffic; the driver pod is deleted 2 s in and
@@ -345,6 +526,7 @@ func driverRestart(ctx context.Context, t *testing.T, c *cluster.Cluster, obs *o
 		}
 		apply(ctx, t, c, claimedTalker(p.talkerPod, p.template, n))
 		waitRunning(ctx, t, c, p.name)
+		uid := podUID(ctx, t, c, p.name)
 		time.Sleep(2 * time.Second)
 		start := time.Now()
 		if _, err := c.Kubectl(ctx, "-n", driverNamespace, "delete", "pod", "-l", "app.kubernetes.io/name=tsn-dra-driver", "--wait=true"); err != nil {
@@ -354,6 +536,10 @@ func driverRestart(ctx context.Context, t *testing.T, c *cluster.Cluster, obs *o
 			t.Fatal(err)
 		}
 		t.Logf("TIMING driver pod deleted and back ready in %v", time.Since(start).Round(time.Millisecond))
+		// The new driver adopted the pinned saver of the running pod.
+		if sv := driverStatus(ctx, t, c).saverOf(uid); sv == nil || !sv.Attached {
+			t.Errorf("after the driver restart, pod %s has no attached saver: %+v", p.name, sv)
+		}
 		waitSucceeded(ctx, t, c, p.name)
 		rep := rcv.stop(t)
 		if s := rep.stream(p.stream); s == nil || s.Packets != n {
@@ -363,8 +549,7 @@ func driverRestart(ctx context.Context, t *testing.T, c *cluster.Cluster, obs *o
 		if _, err := c.Kubectl(ctx, "delete", "pod", p.name, "--wait=true", "--timeout=60s"); err != nil {
 			t.Error(err)
 		}
-		waitCheckpointEmpty(ctx, t, c)
-		waitNoSavers(ctx, t, c)
+		waitNothingLeft(ctx, t, c)
 	}
 }
 

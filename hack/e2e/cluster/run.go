@@ -478,3 +478,25 @@ func (c *Cluster) NodePID() int { return c.node.pid() }
 func (c *Cluster) NodePath(path string) string {
 	return fmt.Sprintf("/proc/%d/root%s", c.node.pid(), path)
 }
+
+// HTTPGet fetches url from inside the node's network namespace, where
+// hostNetwork pods (the driver's /metrics) listen.
+func (c *Cluster) HTTPGet(ctx context.Context, url string) ([]byte, error) {
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return c.node.dial(ctx, addr) },
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s in the node: %w", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s in the node: %s", url, resp.Status)
+	}
+	return b, err
+}

@@ -1,0 +1,276 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/cluster"
+)
+
+// configMapFile is the node config that deployments/ ships.
+const configMapFile = "20-configmap.yaml"
+
+// externalScheduleConfigMap returns deployments/20-configmap.yaml with
+// `scheduleOwner: external` on every NIC: the driver then publishes the
+// classes of the configured schedule and restores priorities, but never
+// touches the NIC's qdiscs. It is what an admin whose NIC is scheduled by
+// something else (or whose kernel has no taprio) applies on top of the
+// shipped file; the e2e uses it where the node kernel has no taprio.
+func externalScheduleConfigMap(repo string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(repo, "deployments", configMapFile))
+	if err != nil {
+		return "", err
+	}
+	if bytes.Contains(b, []byte("scheduleOwner:")) {
+		return "", fmt.Errorf("deployments/%s already sets scheduleOwner: update the e2e", configMapFile)
+	}
+	var out []string
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		out = append(out, line)
+		trimmed := strings.TrimLeft(line, " ")
+		if strings.HasPrefix(trimmed, "claimableClasses:") {
+			out = append(out, line[:len(line)-len(trimmed)]+"scheduleOwner: external")
+			n++
+		}
+	}
+	if n == 0 {
+		return "", fmt.Errorf("deployments/%s: no NIC with claimableClasses to mark scheduleOwner: external", configMapFile)
+	}
+	return strings.Join(out, "\n"), nil
+}
+
+// useExternalSchedule applies the external-schedule variant of the node config
+// and restarts the driver so it runs with it at once (a ConfigMap volume
+// follows an edit only after the kubelet's next sync, up to a minute or more).
+func useExternalSchedule(ctx context.Context, t *testing.T, c *cluster.Cluster, repo string) {
+	t.Helper()
+	m, err := externalScheduleConfigMap(repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(ctx, t, c, m)
+	start := time.Now()
+	if _, err := c.Kubectl(ctx, "-n", driverNamespace, "rollout", "restart", "daemonset/"+driverDaemonSet); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Kubectl(ctx, "-n", driverNamespace, "rollout", "status", "daemonset/"+driverDaemonSet, "--timeout=180s"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("TIMING driver restarted with scheduleOwner: external in %v", time.Since(start).Round(time.Millisecond))
+	st := driverStatus(ctx, t, c)
+	for _, n := range st.NICs {
+		if n.Config.ScheduleOwner != "external" {
+			t.Fatalf("driver status: NIC %s has scheduleOwner %q after the restart, want external", n.Name, n.Config.ScheduleOwner)
+		}
+	}
+}
+
+// statusReport is the part of `tsn-dra-driver status -o json` the test reads.
+type statusReport struct {
+	ConfigError   string `json:"configError"`
+	CheckpointErr string `json:"checkpointError"`
+	PinsError     string `json:"pinsError"`
+	NICs          []struct {
+		Name      string `json:"name"`
+		Interface string `json:"interface"`
+		RootQdisc string `json:"rootQdisc"`
+		Restorer  string `json:"restorer"`
+		Config    struct {
+			ScheduleOwner string `json:"scheduleOwner"`
+		} `json:"config"`
+		Claims []json.RawMessage `json:"claims"`
+		Pods   []struct {
+			Name  string       `json:"name"`
+			UID   string       `json:"uid"`
+			Saver *statusSaver `json:"saver"`
+		} `json:"pods"`
+	} `json:"nics"`
+	OtherClaims []json.RawMessage `json:"otherClaims"`
+	OtherSavers []statusSaver     `json:"otherSavers"`
+	Pins        *struct {
+		Savers    []statusSaver `json:"savers"`
+		Restorers []struct {
+			Interface string `json:"interface"`
+			Mode      string `json:"mode"`
+		} `json:"restorers"`
+	} `json:"pins"`
+	raw []byte
+}
+
+type statusSaver struct {
+	PodUID   string   `json:"podUID"`
+	Slot     uint32   `json:"slot"`
+	Attached bool     `json:"attached"`
+	Allowed  []uint32 `json:"allowedPriorities"`
+	InFlight uint32   `json:"inFlight"`
+	Counters map[string]struct {
+		Saved, Restored, Missed, Demoted, Dropped, Rejected, Expired uint64
+	} `json:"counters"`
+}
+
+// driverStatus runs the driver's status subcommand in its pod, the way
+// docs/troubleshooting.md tells an operator to.
+func driverStatus(ctx context.Context, t *testing.T, c *cluster.Cluster) *statusReport {
+	t.Helper()
+	out, err := c.Kubectl(ctx, "-n", driverNamespace, "exec", "daemonset/"+driverDaemonSet, "--",
+		"/tsn-dra-driver", "status", "-o", "json")
+	if err != nil {
+		t.Fatalf("driver status: %v\n%s", err, out)
+	}
+	var st statusReport
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("driver status -o json: %v\n%s", err, out)
+	}
+	st.raw = out
+	for what, e := range map[string]string{"config": st.ConfigError, "checkpoint": st.CheckpointErr, "pins": st.PinsError} {
+		if e != "" {
+			t.Errorf("driver status: %s: %s", what, e)
+		}
+	}
+	return &st
+}
+
+// saverOf returns the pinned saver of the pod with the given UID.
+func (st *statusReport) saverOf(uid string) *statusSaver {
+	if st.Pins == nil {
+		return nil
+	}
+	for i := range st.Pins.Savers {
+		if st.Pins.Savers[i].PodUID == uid {
+			return &st.Pins.Savers[i]
+		}
+	}
+	return nil
+}
+
+// leftovers lists what the driver still holds for pods and claims: prepared
+// claims, pods, pinned savers (a used policy slot) and saved packets in flight.
+func (st *statusReport) leftovers() []string {
+	var left []string
+	for _, n := range st.NICs {
+		if len(n.Claims) > 0 {
+			left = append(left, fmt.Sprintf("NIC %s: %d prepared claims", n.Name, len(n.Claims)))
+		}
+		for _, p := range n.Pods {
+			left = append(left, fmt.Sprintf("NIC %s: pod %s (%s)", n.Name, p.Name, p.UID))
+		}
+	}
+	if len(st.OtherClaims) > 0 {
+		left = append(left, fmt.Sprintf("%d prepared claims on NICs not in the config", len(st.OtherClaims)))
+	}
+	for _, s := range st.OtherSavers {
+		left = append(left, fmt.Sprintf("saver of pod %s without a claim (slot %d)", s.PodUID, s.Slot))
+	}
+	if st.Pins != nil {
+		for _, s := range st.Pins.Savers {
+			left = append(left, fmt.Sprintf("pinned saver record/policy of pod %s in slot %d (attached %v, %d in flight)",
+				s.PodUID, s.Slot, s.Attached, s.InFlight))
+		}
+	}
+	return left
+}
+
+// waitNothingLeft waits until the driver holds nothing of the test's pods and
+// claims: the checkpoint lists no claim, no saver is pinned in the node's
+// bpffs, and the status command (config, checkpoint and pinned maps read the
+// way an operator reads them) shows no claim, pod, saver or policy slot.
+func waitNothingLeft(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	waitCheckpointEmpty(ctx, t, c)
+	waitNoSavers(ctx, t, c)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st := driverStatus(ctx, t, c)
+		left := st.leftovers()
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a minute after the pods were deleted the driver still holds:\n%s\nstatus:\n%s",
+				strings.Join(left, "\n"), st.raw)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// metricsPort is the DaemonSet's --http-address port (hostNetwork: the node's netns).
+const metricsPort = 9178
+
+type sample struct {
+	labels map[string]string
+	value  float64
+}
+
+// driverMetrics scrapes the driver's /metrics inside the node and returns its
+// samples by metric name.
+func driverMetrics(ctx context.Context, t *testing.T, c *cluster.Cluster) (map[string][]sample, []byte) {
+	t.Helper()
+	body, err := c.HTTPGet(ctx, fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return parseMetrics(body), body
+}
+
+// parseMetrics reads the Prometheus text format: enough of it for the
+// driver's counters and histograms (no escaped quotes in label values).
+func parseMetrics(b []byte) map[string][]sample {
+	out := map[string][]sample{}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		name, labels := line[:i], map[string]string{}
+		if j := strings.IndexByte(name, '{'); j >= 0 {
+			for _, kv := range strings.Split(strings.TrimSuffix(name[j+1:], "}"), ",") {
+				if k, val, ok := strings.Cut(kv, "="); ok {
+					labels[k] = strings.Trim(val, `"`)
+				}
+			}
+			name = name[:j]
+		}
+		out[name] = append(out[name], sample{labels, v})
+	}
+	return out
+}
+
+// metricValue sums the samples of name whose labels include want.
+func metricValue(m map[string][]sample, name string, want map[string]string) (float64, bool) {
+	var sum float64
+	found := false
+	for _, s := range m[name] {
+		match := true
+		for k, v := range want {
+			if s.labels[k] != v {
+				match = false
+				break
+			}
+		}
+		if match {
+			sum += s.value
+			found = true
+		}
+	}
+	return sum, found
+}
