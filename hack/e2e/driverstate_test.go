@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/cluster"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/config"
 )
 
 // configMapFile is the node config that deployments/ ships.
@@ -273,4 +276,19 @@ func metricValue(m map[string][]sample, name string, want map[string]string) (fl
 		}
 	}
 	return sum, found
+}
+
+// configFromFile parses the node config inside a ConfigMap manifest.
+func configFromFile(path string) (*config.NodeConfig, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	if err := yaml.Unmarshal(b, &cm); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return config.Parse([]byte(cm.Data["config.yaml"]))
 }
