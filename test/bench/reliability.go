@@ -13,7 +13,7 @@ type relResult struct {
 // relTests says what each reliability test asserts (kept next to the runner so the report can
 // say it; the tests' doc comments say it at length).
 var relTests = []struct{ name, asserts string }{
-	{"TestDaemonRestartUnderTraffic", "10 daemon restarts (data path + NRI plugin) while a claimed pod sends without pause: every packet restored right, nothing attached twice, an unclaimed pod never gets foreign metadata"},
+	{"TestDaemonRestartUnderTraffic", "10 daemon restarts (data path, driver from its checkpoint, NIC setup resumed, NRI plugin re-synchronized) while a pod with a prepared claim sends without pause: every packet restored right (remap included), nothing attached twice, an unclaimed pod never gets foreign metadata"},
 	{"TestChurn500", "500 pod sandboxes with claims through driver Prepare, NIC setup, NRI Run/Stop/Remove and Unprepare (every fifth netns gone before StopPodSandbox): no link, netns, pin, map entry, saver, qdisc change, schedule or checkpoint entry left"},
 	{"TestFloodAndFarFutureDoNotDisturb", "100,000 packets to local destinations with launch times an hour ahead from one pod, 20,000 TSN packets from another: the other's all restored, none missed; the flooder within its quota and expired"},
 	{"TestNICRemovedWhileClaimed", "the TSN NIC disappears while claimed: release succeeds, no restorer pin left; it comes back and the next claim restores again"},

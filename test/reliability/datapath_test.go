@@ -13,34 +13,46 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	resourceapi "k8s.io/api/resource/v1"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nicsetup"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nrihooks"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/podplan"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
 )
 
-// staticPlans gives every listed pod the same plan.
-type staticPlans map[string]nrihooks.PodPlan
-
-func (s staticPlans) PodPlan(uid string) (nrihooks.PodPlan, bool) { p, ok := s[uid]; return p, ok }
-
-// daemon is the part of the node daemon that a restart affects: the data path manager and the
-// NRI plugin connection.
+// daemon is what a restart of cmd/tsn-dra-driver replaces: the data path manager, the driver
+// (claim state loaded from the checkpoint), the NIC setup (claim counts in memory, resumed from
+// the checkpoint as the daemon's resume does) and the NRI plugin connection.
 type daemon struct {
 	mgr    *datapath.Manager
+	drv    *driver.Driver
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-func startDaemon(t testing.TB, n *netemu.Node, dir, socket string, plans nrihooks.PlanSource) *daemon {
+func startDaemon(t testing.TB, n *netemu.Node, dir, stateDir, socket string) *daemon {
 	t.Helper()
 	mgr := openManager(t, n, dir)
-	if err := mgr.EnsureRestorer(quietCtx(), netemu.NIC); err != nil {
-		t.Fatalf("restorer: %v", err)
-	}
 	ctx, cancel := context.WithCancel(quietCtx())
 	d := &daemon{mgr: mgr, cancel: cancel, done: make(chan struct{})}
-	h := nrihooks.New(plans, mgr, nrihooks.NewMetrics(prometheus.NewRegistry()))
+	hooks := nicsetup.ClaimHooks{Setup: nicsetup.New(mgr, &countingSchedules{}), NICs: func(name string) (cfgNIC, bool) { return d.drv.NICConfig(name) }}
+	drv, err := driver.New(ctx, driver.Options{
+		DriverName: driverName, NodeName: nodeName, KubeClient: newClient(),
+		Discoverer: newStaticDiscoverer(), Config: mustConfig(t), StateDir: stateDir, Hooks: hooks,
+	})
+	if err != nil {
+		t.Fatalf("driver: %v", err)
+	}
+	d.drv = drv
+	for _, c := range drv.Store().PreparedClaims() { // cmd/tsn-dra-driver's resume
+		if err := hooks.ClaimPrepared(ctx, c); err != nil {
+			t.Fatalf("resume claim %s: %v", c.Name, err)
+		}
+	}
+	h := nrihooks.New(podplan.Source{Claims: drv.Store(), Logger: klogDiscard()}, mgr, nrihooks.NewMetrics(prometheus.NewRegistry()))
 	go func() {
 		defer close(d.done)
 		_ = nrihooks.Run(ctx, h, nrihooks.Options{PluginName: driverName, SocketPath: socket, RetryInterval: 50 * time.Millisecond})
@@ -58,9 +70,10 @@ func (d *daemon) stop(t testing.TB) {
 	}
 }
 
-// TestDaemonRestartUnderTraffic restarts the daemon (data path manager + NRI plugin, as
-// cmd/tsn-dra-driver does on SIGTERM and start) ten times while a claimed pod sends without
-// pause, and the runtime re-synchronizes it each time. Every packet must leave tsn0 with its
+// TestDaemonRestartUnderTraffic restarts the daemon (data path manager, driver with its
+// checkpoint, NIC setup resumed from it, NRI plugin: what cmd/tsn-dra-driver does on SIGTERM and
+// start) ten times while a pod with a prepared claim sends without pause, and the runtime
+// re-synchronizes it each time. Every packet must leave tsn0 with its
 // priority and launch time (no restore lost while the daemon is down or coming back), and after
 // every restart exactly one saver and one restorer are attached (nothing attached twice).
 func TestDaemonRestartUnderTraffic(t *testing.T) {
@@ -69,10 +82,16 @@ func TestDaemonRestartUnderTraffic(t *testing.T) {
 	dir := pinDir(t)
 	socket := filepath.Join(t.TempDir(), "nri.sock")
 	pod, other := n.Pods[0], n.Pods[1]
-	plans := staticPlans{"claimed": {Interface: pod.Ifname, Policy: datapath.Policy{Allowed: []uint32{1, 2, 3}}}}
+	stateDir := t.TempDir()
 	rt := startRuntime(t, socket)
-	d := startDaemon(t, n, dir, socket, plans)
+	d := startDaemon(t, n, dir, stateDir, socket)
 	rt.waitSynced()
+	// The pod's claims: class 1 (priority 3) and class 2 (priority 2), and priority 1 remapped
+	// onto class 1's priority by the claim's parameters.
+	claim := newClaim("restart", "claimed", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","priorityMap":[{"appPriority":1,"request":"tsn"}]}`, "tsn/tsn0-tc1", "tsn2/tsn0-tc2")
+	if res, err := d.drv.PrepareResourceClaims(quietCtx(), []*resourceapi.ResourceClaim{claim}); err != nil || res[claim.UID].Err != nil {
+		t.Fatalf("prepare: %v %v", err, res[claim.UID].Err)
+	}
 	defer func() { d.stop(t); cleanupPins(t, n, dir) }()
 	obs := attachObserver(t, n, d.mgr.Mode())
 	if err := rt.runPod(sandbox("claimed", pod.Netns)); err != nil {
@@ -105,6 +124,9 @@ func TestDaemonRestartUnderTraffic(t *testing.T) {
 			prio := 1 + i%3
 			tx := base + uint64(i)*1000
 			wantPrio, wantTx := prio, tx
+			if prio == 1 {
+				wantPrio = 3 // remapped onto class 1's priority
+			}
 			if !restored {
 				wantPrio = 0 // scrubbed by forwarding; launch time survives on 6.18 without a proxy
 			}
@@ -129,7 +151,7 @@ func TestDaemonRestartUnderTraffic(t *testing.T) {
 		time.Sleep(50 * time.Millisecond) // traffic while no daemon runs
 		rt.r.Stop()                       // the plugin's connection went with the daemon
 		rt = startRuntime(t, socket, sandbox("claimed", pod.Netns), sandbox("unclaimed", other.Netns))
-		d = startDaemon(t, n, dir, socket, plans)
+		d = startDaemon(t, n, dir, stateDir, socket)
 		rt.waitSynced()
 		checkAttachedOnce(t, n, pod.Netns, pod.Ifname, d.mgr)
 	}
