@@ -485,6 +485,13 @@ func checkDriverView(ctx context.Context, t *testing.T, c *cluster.Cluster, pods
 				}
 			}
 		}
+		// The test's own reader of the pinned maps (waitNothingLeft) must see
+		// the claimed pods' policies now, or its "nothing left" means nothing.
+		if pinned, err := pinnedLeftovers(c); err != nil {
+			problems = append(problems, fmt.Sprintf("reading the pinned maps: %v", err))
+		} else if n := countPrefix(pinned, "policy left in slot"); n < len(uids) {
+			problems = append(problems, fmt.Sprintf("the pinned maps show %d pod policies, want %d: %v", n, len(uids), pinned))
+		}
 		if len(problems) == 0 {
 			for _, l := range seen {
 				t.Log(l)
@@ -782,4 +789,14 @@ func waitNoSavers(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+func countPrefix(lines []string, prefix string) int {
+	n := 0
+	for _, l := range lines {
+		if strings.HasPrefix(l, prefix) {
+			n++
+		}
+	}
+	return n
 }

@@ -13,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"sigs.k8s.io/yaml"
 
+	"github.com/tsn-dra-driver/tsn-dra-driver/bpf"
 	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/cluster"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/config"
 )
@@ -195,6 +197,11 @@ func waitNothingLeft(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 	for {
 		st := driverStatus(ctx, t, c)
 		left := st.leftovers()
+		pinned, err := pinnedLeftovers(c)
+		if err != nil {
+			t.Fatalf("reading the data path's pinned maps: %v", err)
+		}
+		left = append(left, pinned...)
 		if len(left) == 0 {
 			return
 		}
@@ -291,4 +298,72 @@ func configFromFile(path string) (*config.NodeConfig, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return config.Parse([]byte(cm.Data["config.yaml"]))
+}
+
+// pinnedLeftovers reads the data path's shared maps in the node's bpffs
+// (read-only, through /proc/<node pid>/root) for state of pods that are gone:
+// a policy in any slot, packets in flight on any slot, a live entry in the
+// saved-metadata table. Called when no pod of the driver should be left, so
+// every one of them is a leak. The table's way state is the low two bits
+// (ST_MASK in bpf/tsn.c; ST_FREE is 0); a saved entry of a gone pod is freed
+// by the restorer or by the expiry sweep within its TTL (1 s by default).
+func pinnedLeftovers(c *cluster.Cluster) ([]string, error) {
+	dir := c.NodePath(bpfPinDir + "/maps")
+	open := func(name string) (*ebpf.Map, error) {
+		return ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+	}
+	var left []string
+	policies, err := open(bpf.TsnMapTsnPolicies)
+	if err != nil {
+		return nil, err
+	}
+	defer policies.Close()
+	var k uint32
+	var pol bpf.TsnTsnPolicy
+	it := policies.Iterate()
+	for it.Next(&k, &pol) {
+		if pol != (bpf.TsnTsnPolicy{}) {
+			left = append(left, fmt.Sprintf("policy left in slot %d: %+v", k, pol))
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", bpf.TsnMapTsnPolicies, err)
+	}
+	slots, err := open(bpf.TsnMapTsnSlots)
+	if err != nil {
+		return nil, err
+	}
+	defer slots.Close()
+	var sl bpf.TsnTsnSlot
+	it = slots.Iterate()
+	for it.Next(&k, &sl) {
+		if sl.Inflight != 0 {
+			left = append(left, fmt.Sprintf("slot %d: %d saved packets in flight", k, sl.Inflight))
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", bpf.TsnMapTsnSlots, err)
+	}
+	table, err := open(bpf.TsnMapTsnTable)
+	if err != nil {
+		return nil, err
+	}
+	defer table.Close()
+	var b bpf.TsnTsnBucket
+	live := 0
+	it = table.Iterate()
+	for it.Next(&k, &b) {
+		for _, st := range b.State {
+			if st&3 != 0 {
+				live++
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", bpf.TsnMapTsnTable, err)
+	}
+	if live > 0 {
+		left = append(left, fmt.Sprintf("%d live entries in the saved-metadata table %s", live, bpf.TsnMapTsnTable))
+	}
+	return left, nil
 }
