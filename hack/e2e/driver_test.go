@@ -356,9 +356,11 @@ func claimedTraffic(ctx context.Context, t *testing.T, c *cluster.Cluster, obs *
 		apply(ctx, t, c, claimTemplate(tmpl.name, tmpl.class))
 	}
 	// deployments/20-configmap.yaml maps socket priority 3 to class 1 and 2 to
-	// class 2. The talkers run for 3 s: a claim made from a template is deleted
-	// when its pod ends, so its status is read while the pod runs.
-	const n = 3000
+	// class 2. The talkers run for 5 s: a claim made from a template is
+	// deleted, and the pod's saver detached, when the pod ends, so claim status,
+	// driver status and metrics are read while the pods send (on a loaded
+	// machine the last pod may start seconds after the first).
+	const n = 5000
 	pods := []scenarioPod{
 		{talkerPod: talkerPod{name: "claim-class1", stream: "class1", tag: 11, args: []string{"-priority", "3"}},
 			template: "tsn-class1", class: 1, want: restored},
