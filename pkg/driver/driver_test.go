@@ -292,6 +292,18 @@ func TestPrepareErrors(t *testing.T) {
 		{"priority map needs request", newClaim("c", withDevice("a", "tsn0-tc1"), withDevice("b", "tsn0-tc2"),
 			withConfig(resourceapi.AllocationConfigSourceClaim, nil, `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","priorityMap":[{"appPriority":5}]}`)),
 			cfg + `[0].opaque.parameters.priorityMap[0].request: Required value: the claim has more than one device of this driver: name the request`},
+		{"errors of several configs listed up to five", newClaim("c",
+			withConfig(resourceapi.AllocationConfigSourceClaim, nil, `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","ungranted":"keep"}`),
+			withConfig(resourceapi.AllocationConfigSourceClass, nil, `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","priorityMap":[`+
+				strings.TrimSuffix(strings.Repeat(`{"appPriority":1},`, 7), ",")+`]}`)),
+			"[" + cfg + `[1].opaque.parameters.priorityMap[1].appPriority: Duplicate value: "1 (also priorityMap[0])", ` +
+				cfg + `[1].opaque.parameters.priorityMap[2].appPriority: Duplicate value: "1 (also priorityMap[0])", ` +
+				cfg + `[1].opaque.parameters.priorityMap[3].appPriority: Duplicate value: "1 (also priorityMap[0])", ` +
+				cfg + `[1].opaque.parameters.priorityMap[4].appPriority: Duplicate value: "1 (also priorityMap[0])", ` +
+				cfg + `[1].opaque.parameters.priorityMap[5].appPriority: Duplicate value: "1 (also priorityMap[0])", and 2 more]`},
+		{"NUL in interface name", newClaim("c", withConfig(resourceapi.AllocationConfigSourceClaim, nil,
+			`{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","interfaceName":"eth0\u0000x"}`)),
+			cfg + `[0].opaque.parameters.interfaceName: Invalid value: "eth0\x00x": must be a network interface name: 1-15 bytes, not "." or "..", without '/', ':', whitespace or control characters`},
 		{"launch time without etf", newClaim("c", withConfig(resourceapi.AllocationConfigSourceClass, nil,
 			`{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","launchTime":true}`)),
 			cfg + `[0].opaque.parameters.launchTime: Invalid value: true: device tsn0-tc1 has neither launch time (etf) nor txtime-assist configured`},

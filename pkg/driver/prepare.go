@@ -116,7 +116,7 @@ func planClaim(claim *resourceapi.ResourceClaim, driverName, pool string, inv *i
 		}
 	}
 	if len(errs) > 0 {
-		return nil, errs.ToAggregate()
+		return nil, v1alpha1.Aggregate([]error{errs.ToAggregate()})
 	}
 
 	pc := &PreparedClaim{UID: claim.UID, Namespace: claim.Namespace, Name: claim.Name, Devices: devs}
@@ -175,7 +175,7 @@ type configOrigin struct {
 func mergedConfig(configs []resourceapi.DeviceAllocationConfiguration, driverName string, byRequest map[string][]*classDevice, path *field.Path) (*v1alpha1.TSNConfig, configOrigin, error) {
 	merged := &v1alpha1.TSNConfig{}
 	origin := configOrigin{priorityMap: path, launchTime: path}
-	var errs field.ErrorList
+	var errs []error
 	for _, source := range []resourceapi.AllocationConfigSource{resourceapi.AllocationConfigSourceClass, resourceapi.AllocationConfigSourceClaim} {
 		for i, c := range configs {
 			if c.Source != source || c.Opaque == nil || c.Opaque.Driver != driverName {
@@ -187,7 +187,7 @@ func mergedConfig(configs []resourceapi.DeviceAllocationConfiguration, driverNam
 			p := path.Index(i).Child("opaque", "parameters")
 			tc, err := v1alpha1.Decode(c.Opaque.Parameters.Raw, p)
 			if err != nil {
-				errs = append(errs, asFieldErrors(err, p)...)
+				errs = append(errs, err)
 				continue
 			}
 			if tc.PriorityMap != nil {
@@ -200,7 +200,8 @@ func mergedConfig(configs []resourceapi.DeviceAllocationConfiguration, driverNam
 		}
 	}
 	if len(errs) > 0 {
-		return nil, origin, errs.ToAggregate()
+		// Each config's errors are shortened already; joined, the message stays short too.
+		return nil, origin, v1alpha1.Aggregate(errs)
 	}
 	return merged, origin, nil
 }
@@ -223,19 +224,4 @@ func parentRequest(r string) string {
 		return r[:i]
 	}
 	return r
-}
-
-func asFieldErrors(err error, p *field.Path) field.ErrorList {
-	type aggregate interface{ Errors() []error }
-	if agg, ok := err.(aggregate); ok {
-		var out field.ErrorList
-		for _, e := range agg.Errors() {
-			out = append(out, asFieldErrors(e, p)...)
-		}
-		return out
-	}
-	if fe, ok := err.(*field.Error); ok {
-		return field.ErrorList{fe}
-	}
-	return field.ErrorList{field.Invalid(p, "", err.Error())}
 }

@@ -1,7 +1,10 @@
 package v1alpha1
 
 import (
+	"fmt"
+	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 )
@@ -26,6 +29,8 @@ func TestDecodeValid(t *testing.T) {
 		t.Errorf("defaults %+v", d)
 	}
 }
+
+const ifnameMsg = `must be a network interface name: 1-15 bytes, not "." or "..", without '/', ':', whitespace or control characters`
 
 func TestDecodeErrors(t *testing.T) {
 	const p = "spec.devices.config[1].opaque.parameters"
@@ -55,7 +60,33 @@ func TestDecodeErrors(t *testing.T) {
 		{"ungranted", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","ungranted":"allow"}`,
 			p + `.ungranted: Unsupported value: "allow": supported values: "demote", "drop"`},
 		{"interface name", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","interfaceName":"eth0:1"}`,
-			p + `.interfaceName: Invalid value: "eth0:1": must be a network interface name (1-15 characters, no '/', ':' or whitespace)`},
+			p + `.interfaceName: Invalid value: "eth0:1": ` + ifnameMsg},
+		{"NUL in interface name", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","interfaceName":"eth0\u0000x"}`,
+			p + `.interfaceName: Invalid value: "eth0\x00x": ` + ifnameMsg},
+		{"interface name too long", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","interfaceName":"` + strings.Repeat("e", 300) + `"}`,
+			p + `.interfaceName: Invalid value: "` + strings.Repeat("e", 128) + `... (300 bytes)": ` + ifnameMsg},
+		{"too many mappings", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","priorityMap":[` +
+			strings.TrimSuffix(strings.Repeat(`{"appPriority":1},`, 17), ",") + `]}`,
+			p + `.priorityMap: Too many: 17: must have at most 16 items`},
+		{"first errors and a count", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","priorityMap":[` +
+			strings.TrimSuffix(strings.Repeat(`{"appPriority":1},`, 16), ",") + `]}`,
+			"[" + p + `.priorityMap[1].appPriority: Duplicate value: "1 (also priorityMap[0])", ` +
+				p + `.priorityMap[2].appPriority: Duplicate value: "1 (also priorityMap[0])", ` +
+				p + `.priorityMap[3].appPriority: Duplicate value: "1 (also priorityMap[0])", ` +
+				p + `.priorityMap[4].appPriority: Duplicate value: "1 (also priorityMap[0])", ` +
+				p + `.priorityMap[5].appPriority: Duplicate value: "1 (also priorityMap[0])", and 10 more]`},
+		{"unknown fields counted", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","priorityMap":[` +
+			strings.TrimSuffix(strings.Repeat(`{"x":1},`, 1000), ",") + `]}`,
+			"[" + p + `: Invalid value: "": unknown field "priorityMap[0].x", ` +
+				p + `: Invalid value: "": unknown field "priorityMap[1].x", ` +
+				p + `: Invalid value: "": unknown field "priorityMap[2].x", ` +
+				p + `: Invalid value: "": unknown field "priorityMap[3].x", ` +
+				p + `: Invalid value: "": unknown field "priorityMap[4].x", and 95 more]`}, // sigs.k8s.io/json stops at 100
+		{"long raw input quoted in part", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","launchTime":"` + strings.Repeat("y", 200) + `"}`,
+			p + `: Invalid value: "{\"apiVersion\":\"tsn.dra.io/v1alpha1\",\"kind\":\"TSNConfig\",\"launchTime\":\"` + strings.Repeat("y", 128-69) +
+				`... (271 bytes)": cannot decode: json: cannot unmarshal string into Go struct field TSNConfig.launchTime of type bool`},
+		{"ungranted quoted in part", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","ungranted":"` + strings.Repeat("z", 129) + `"}`,
+			p + `.ungranted: Unsupported value: "` + strings.Repeat("z", 128) + `... (129 bytes)": supported values: "demote", "drop"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := Decode([]byte(tc.in), path)
@@ -78,5 +109,54 @@ func TestMerge(t *testing.T) {
 	class.Merge(claim)
 	if class.EffectiveUngranted() != UngrantedDemote || !class.EffectiveLaunchTime() || class.EffectiveInterfaceName() != "net1" || len(class.PriorityMap) != 1 {
 		t.Errorf("merged %+v", class)
+	}
+}
+
+// Without the API server's 10 KiB cap on opaque parameters (an old or misconfigured server), a
+// huge map must still be refused at once with a short error.
+func TestDecodeHugePriorityMap(t *testing.T) {
+	raw := `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","priorityMap":[` +
+		strings.TrimSuffix(strings.Repeat(`{"appPriority":1,"request":"Bad_Name"},`, 60000), ",") + `]}`
+	start := time.Now()
+	_, err := Decode([]byte(raw), path)
+	took := time.Since(start)
+	const want = "spec.devices.config[1].opaque.parameters.priorityMap: Too many: 60000: must have at most 16 items"
+	if err == nil || err.Error() != want {
+		t.Fatalf("error %v, want %q", err, want)
+	}
+	if took > time.Second {
+		t.Errorf("refusing took %v", took)
+	}
+}
+
+func TestAggregate(t *testing.T) {
+	e := func(i int) error { return fmt.Errorf("e%d", i) }
+	var many []error
+	for i := 0; i < 12; i++ {
+		many = append(many, e(i))
+	}
+	for _, tc := range []struct {
+		name string
+		in   []error
+		want string
+	}{
+		{"one", []error{e(1)}, "e1"},
+		{"few", []error{e(1), e(2)}, "[e1, e2]"},
+		{"duplicates count once", []error{e(1), e(1), e(2)}, "[e1, e2]"},
+		{"many", many, "[e0, e1, e2, e3, e4, and 7 more]"},
+		// Shortened errors aggregated again (the driver joins the errors of several configs)
+		// keep the total.
+		{"nested", []error{Aggregate(many), e(20), Aggregate([]error{e(21), field.ErrorList{field.Required(path, "x")}.ToAggregate()})},
+			"[e0, e1, e2, e3, e4, and 10 more]"},
+		{"nils", []error{nil, nil}, "<nil>"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := fmt.Sprint(Aggregate(tc.in)); got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+	if err := Aggregate(nil); err != nil {
+		t.Errorf("Aggregate(nil) = %#v, want nil", err)
 	}
 }

@@ -14,7 +14,7 @@ import (
 // what it does not understand with an error that names the field path, and never panic.
 // Properties:
 //   - Decode never panics, and returns a config or an error, never both or neither;
-//   - every error names the path it was given (so the claim's user sees where);
+//   - every error names the path it was given (so the claim's user sees where) and is short;
 //   - an accepted config validates again and survives a JSON round trip unchanged.
 //
 // The committed corpus (testdata/fuzz/FuzzDecode) runs with every `go test`.
@@ -25,6 +25,7 @@ func FuzzDecode(f *testing.F) {
 		`{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","bogus":1}`,
 		`{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","priorityMap":[{"appPriority":-1},{"appPriority":99999999999999999999}]}`,
 		`{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","interfaceName":"../../etc"}`,
+		`{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","interfaceName":"eth0\u0000x"}`,
 		`{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","Ungranted":"drop","ungranted":"demote"}`,
 		`{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","priorityMap":null}`,
 		`[]`, `null`, ``, `{"kind":"TSNConfig","kind":"TSNConfig"}`,
@@ -40,6 +41,11 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			if !strings.Contains(err.Error(), path.String()) {
 				t.Fatalf("error does not name the field path %s: %q", path, err)
+			}
+			// The message goes into a PrepareResult and an Event: at most MaxReportedErrors
+			// problems, each quoting a bounded part of the input.
+			if n := len(err.Error()); n > 8<<10 {
+				t.Fatalf("error is %d bytes long", n)
 			}
 			return
 		}
