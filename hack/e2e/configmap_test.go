@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/manifests"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/config"
 )
 
@@ -13,7 +17,7 @@ import (
 // one with scheduleOwner: external on every NIC, and that the driver's own
 // parser accepts it.
 func TestExternalScheduleConfigMap(t *testing.T) {
-	m, err := externalScheduleConfigMap("../..")
+	m, err := manifests.ExternalSchedule("../..")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,13 +48,39 @@ func TestExternalScheduleConfigMap(t *testing.T) {
 			t.Errorf("NIC %s: scheduleOwner %q, want external", n.Name, n.ScheduleOwner)
 		}
 	}
-	shipped, err := configFromFile("../../deployments/" + configMapFile)
+	shipped, err := configFromFile("../../deployments/" + manifests.ConfigMapFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range shipped.NICs {
 		if n.ScheduleOwner.Effective() != config.ScheduleOwnerDriver {
-			t.Errorf("shipped deployments/%s: NIC %s has scheduleOwner %q; real clusters default to driver", configMapFile, n.Name, n.ScheduleOwner)
+			t.Errorf("shipped deployments/%s: NIC %s has scheduleOwner %q; real clusters default to driver", manifests.ConfigMapFile, n.Name, n.ScheduleOwner)
+		}
+	}
+}
+
+// TestWithExternalSchedule: the directory e2e-cluster -external-schedule
+// applies holds every file of deployments/, unchanged but the node config.
+func TestWithExternalSchedule(t *testing.T) {
+	dir := t.TempDir()
+	if err := manifests.WithExternalSchedule("../..", dir); err != nil {
+		t.Fatal(err)
+	}
+	shipped, err := filepath.Glob("../../deployments/*.yaml")
+	if err != nil || len(shipped) == 0 {
+		t.Fatalf("deployments/*.yaml: %v %v", shipped, err)
+	}
+	for _, f := range shipped {
+		want, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(dir, filepath.Base(f)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if changed := !bytes.Equal(got, want); changed != (filepath.Base(f) == manifests.ConfigMapFile) {
+			t.Errorf("%s: changed %v", filepath.Base(f), changed)
 		}
 	}
 }

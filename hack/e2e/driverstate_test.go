@@ -18,48 +18,16 @@ import (
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/bpf"
 	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/cluster"
+	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/manifests"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/config"
 )
-
-// configMapFile is the node config that deployments/ ships.
-const configMapFile = "20-configmap.yaml"
-
-// externalScheduleConfigMap returns deployments/20-configmap.yaml with
-// `scheduleOwner: external` on every NIC: the driver then publishes the
-// classes of the configured schedule and restores priorities, but never
-// touches the NIC's qdiscs. It is what an admin whose NIC is scheduled by
-// something else (or whose kernel has no taprio) applies on top of the
-// shipped file; the e2e uses it where the node kernel has no taprio.
-func externalScheduleConfigMap(repo string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(repo, "deployments", configMapFile))
-	if err != nil {
-		return "", err
-	}
-	if bytes.Contains(b, []byte("scheduleOwner:")) {
-		return "", fmt.Errorf("deployments/%s already sets scheduleOwner: update the e2e", configMapFile)
-	}
-	var out []string
-	n := 0
-	for _, line := range strings.Split(string(b), "\n") {
-		out = append(out, line)
-		trimmed := strings.TrimLeft(line, " ")
-		if strings.HasPrefix(trimmed, "claimableClasses:") {
-			out = append(out, line[:len(line)-len(trimmed)]+"scheduleOwner: external")
-			n++
-		}
-	}
-	if n == 0 {
-		return "", fmt.Errorf("deployments/%s: no NIC with claimableClasses to mark scheduleOwner: external", configMapFile)
-	}
-	return strings.Join(out, "\n"), nil
-}
 
 // useExternalSchedule applies the external-schedule variant of the node config
 // and restarts the driver so it runs with it at once (a ConfigMap volume
 // follows an edit only after the kubelet's next sync, up to a minute or more).
 func useExternalSchedule(ctx context.Context, t *testing.T, c *cluster.Cluster, repo string) {
 	t.Helper()
-	m, err := externalScheduleConfigMap(repo)
+	m, err := manifests.ExternalSchedule(repo)
 	if err != nil {
 		t.Fatal(err)
 	}

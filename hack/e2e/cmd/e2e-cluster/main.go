@@ -18,9 +18,10 @@ import (
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/cluster"
 	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/images"
+	"github.com/tsn-dra-driver/tsn-dra-driver/hack/e2e/manifests"
 )
 
-var withDriver, install *bool
+var withDriver, install, externalSchedule *bool
 
 func main() {
 	bin := flag.String("bin", envOr("E2E_BIN", "/var/cache/tsn-dra-driver/e2e-v1/bin"), "binaries built by hack/e2e/build.sh")
@@ -28,6 +29,8 @@ func main() {
 	keep := flag.Bool("keep", false, "keep the state directory (logs, configs) after shutdown")
 	withDriver = flag.Bool("driver", true, "also build the driver image under the references deployments/ uses (then: kubectl apply -f deployments/)")
 	install = flag.Bool("install", false, "with -driver: kubectl apply -f deployments/ once the cluster is up")
+	externalSchedule = flag.Bool("external-schedule", false, "with -install: apply deployments/ with scheduleOwner: external in the node config "+
+		"(claims can then be prepared on a kernel without taprio; see docs/e2e.md)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Fatal("e2e-cluster must run as root (namespaces, cgroups, mounts)")
@@ -69,7 +72,14 @@ func run(ctx context.Context, c *cluster.Cluster, bin, repo string, start time.T
 		return err
 	}
 	if *withDriver && *install {
-		out, err := c.Kubectl(ctx, "apply", "-f", filepath.Join(repo, "deployments"))
+		dir := filepath.Join(repo, "deployments")
+		if *externalSchedule {
+			dir = filepath.Join(c.Dir, "deployments")
+			if err := manifests.WithExternalSchedule(repo, dir); err != nil {
+				return err
+			}
+		}
+		out, err := c.Kubectl(ctx, "apply", "-f", dir)
 		if err != nil {
 			return err
 		}
