@@ -3,7 +3,7 @@
 # cannot drift from the code. Run by `make test` (as root, like CI); `hack/check-docs.sh -n`
 # only lists what it would do, `-v` also prints what each command printed.
 #
-# What counts as "shown" (README.md, docs/*.md, examples/README.md): every line of a fenced code block marked sh, bash, shell or console.
+# What counts as "shown" (README.md, docs/*.md, docs/figures/README.md, examples/README.md): every line of a fenced code block marked sh, bash, shell or console.
 # Each command is classified below: run here as written (sudo dropped when already root), run
 # in an equivalent form that needs no cluster (said why), or skipped with the reason. A command
 # nobody classified fails the check: add it to classify() when you add it to the docs.
@@ -125,6 +125,12 @@ classify() { # classify <file> <command>
 	"cd hack/e2e && go run -mod=mod ./cmd/mkimage "*)
 		# Builds the image tarball from the binaries the previous line built.
 		run "$file: $cmd" bash -c "$c" ;;
+	"hack/figure/run.sh")
+		skip "$cmd" "boots the VM test bed (make vmtest); the plot from its kept data runs below" ;;
+	"go run ./hack/figure/plot "*)
+		# Deterministic: the committed SVG is rewritten identically from the committed data.
+		# shellcheck disable=SC2086
+		run "$file: $cmd" "$GO" ${c#go } ;;
 	"kubectl "* | "nsenter "*)
 		skip "$cmd" "needs a cluster (make e2e-cluster); make e2e applies deployments/ and runs the driver" ;;
 	"# "*)
@@ -135,7 +141,7 @@ classify() { # classify <file> <command>
 	esac
 }
 
-for f in README.md docs/*.md examples/README.md; do
+for f in README.md docs/*.md docs/figures/README.md examples/README.md; do
 	# Lines of sh/bash/shell/console fenced blocks, trailing comments removed.
 	while IFS= read -r line; do
 		line=${line%%  #*}
@@ -146,7 +152,7 @@ for f in README.md docs/*.md examples/README.md; do
 done
 
 # `make <target>` mentioned in prose.
-for t in $(grep -ohE '`(sudo )?make [a-z][a-z0-9-]*' README.md docs/*.md examples/README.md | sed -E 's/.*make //' | sort -u); do
+for t in $(grep -ohE '`(sudo )?make [a-z][a-z0-9-]*' README.md docs/*.md docs/figures/README.md examples/README.md | sed -E 's/.*make //' | sort -u); do
 	if ! make_target_exists "$t"; then
 		note FAIL "docs mention \`make $t\`, which the Makefile lacks"
 		fail=1
