@@ -96,11 +96,29 @@ type Driver struct {
 	healthC chan struct{} // closed and replaced when health may have changed
 
 	helper *kubeletplugin.Helper
+
+	// ready is closed once the prepared state is known (see StateReady).
+	ready chan struct{}
+	// rebuild, guarded by rebuildMu, describes a rebuild after a damaged checkpoint.
+	rebuildMu sync.Mutex
+	rebuild   rebuildState
+	// stopRebuild ends a rebuild still retrying in the background; rebuildDone is closed when
+	// it has returned.
+	stopRebuild context.CancelFunc
+	rebuildDone chan struct{}
 }
 
 var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
 
 // New loads the checkpoint and looks at the node's NICs; it does not talk to the kubelet yet.
+//
+// A damaged checkpoint (not JSON, a wrong checksum: see docs/driver.md) is kept aside as
+// checkpoint.json.damaged-<time>, reported (log, Event on the Node, metric) and rebuilt from
+// the ResourceClaims allocated to this node and reserved for pods. When the API server cannot be
+// read, New still returns: the rebuild retries in the background and, until StateReady is
+// closed, the state is empty and Prepare and Unprepare fail with a clear error. Claims rebuilt in
+// the background are handed to Hooks.ClaimPrepared; claims loaded or rebuilt inside New are the
+// caller's to resume (Store().PreparedClaims()).
 func New(ctx context.Context, o Options) (*Driver, error) {
 	switch {
 	case o.DriverName == "":
@@ -125,22 +143,35 @@ func New(ctx context.Context, o Options) (*Driver, error) {
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	st, err := newClaimState(&checkpoint{path: filepath.Join(o.StateDir, checkpointFileName)})
-	if err != nil {
+	cp := &checkpoint{path: filepath.Join(o.StateDir, checkpointFileName)}
+	claims, err := cp.load()
+	var damage *damagedError
+	if errors.As(err, &damage) {
+		claims = map[types.UID]PreparedClaim{}
+	} else if err != nil {
 		return nil, err
 	}
 	d := &Driver{
 		opts:    o,
 		pool:    o.NodeName,
-		state:   st,
+		state:   &claimState{claims: claims, cp: cp},
 		metrics: o.Metrics,
 		cfg:     o.Config,
 		healthC: make(chan struct{}),
+		ready:   make(chan struct{}),
 	}
 	d.inv = buildInventory(o.Config, o.Discoverer)
 	d.logInventory(klog.FromContext(ctx))
-	d.metrics.preparedClaims.Set(float64(st.count()))
-	klog.FromContext(ctx).Info("Loaded checkpoint", "preparedClaims", st.count())
+	if damage != nil {
+		// The inventory is needed first: the rebuild plans each claim against it.
+		if err := d.recoverDamaged(ctx, damage); err != nil {
+			return nil, err
+		}
+		return d, nil
+	}
+	close(d.ready)
+	d.metrics.preparedClaims.Set(float64(d.state.count()))
+	klog.FromContext(ctx).Info("Loaded checkpoint", "preparedClaims", d.state.count())
 	return d, nil
 }
 
@@ -214,6 +245,8 @@ func (d *Driver) Registered() bool {
 // so no call sees a half-stopped driver, then flush events.
 func (d *Driver) Stop() {
 	d.mu.Lock()
+	stopRebuild, rebuildDone := d.stopRebuild, d.rebuildDone
+	d.stopRebuild = nil
 	h := d.helper
 	d.helper = nil
 	d.mu.Unlock()
@@ -222,6 +255,10 @@ func (d *Driver) Stop() {
 	}
 	if d.events != nil {
 		d.events.Shutdown()
+	}
+	if stopRebuild != nil {
+		stopRebuild()
+		<-rebuildDone
 	}
 }
 
@@ -348,6 +385,9 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 
 func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceClaim) ([]kubeletplugin.Device, error) {
 	logger := klog.FromContext(ctx)
+	if err := d.stateError(); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	inv := d.inv
 	d.mu.Unlock()
@@ -402,8 +442,8 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 	out := make(map[types.UID]error, len(claims))
 	for _, c := range claims {
 		var removed bool
-		var err error
-		if pc, ok := d.state.get(c.UID); ok && d.opts.Hooks != nil {
+		err := d.stateError()
+		if pc, ok := d.state.get(c.UID); err == nil && ok && d.opts.Hooks != nil {
 			if herr := d.opts.Hooks.ClaimUnprepared(ctx, pc); herr != nil {
 				err = fmt.Errorf("tear down data path: %w", herr)
 			}

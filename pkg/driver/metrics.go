@@ -4,12 +4,21 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Metrics are the driver's Prometheus metrics.
 type Metrics struct {
-	prepareDuration  prometheus.Histogram
-	prepareErrors    prometheus.Counter
-	statusErrors     prometheus.Counter
-	preparedClaims   prometheus.Gauge
-	publishedDevices prometheus.Gauge
+	prepareDuration   prometheus.Histogram
+	prepareErrors     prometheus.Counter
+	statusErrors      prometheus.Counter
+	preparedClaims    prometheus.Gauge
+	publishedDevices  prometheus.Gauge
+	checkpointDamaged prometheus.Counter
+	rebuildPending    prometheus.Gauge
+	rebuiltClaims     *prometheus.CounterVec
 }
+
+// Values of the result label of tsn_dra_checkpoint_rebuilt_claims_total.
+const (
+	rebuildResultRebuilt = "rebuilt"
+	rebuildResultLeftOut = "left_out"
+)
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -31,9 +40,24 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		publishedDevices: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "tsn_dra", Name: "published_devices", Help: "Traffic-class devices published for this node.",
 		}),
+		checkpointDamaged: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "tsn_dra", Name: "checkpoint_damaged_total",
+			Help: "Damaged checkpoints found at start (each is kept aside and the prepared state rebuilt from the API server).",
+		}),
+		rebuildPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "tsn_dra", Name: "checkpoint_rebuild_pending",
+			Help: "1 while the prepared state is being rebuilt after a damaged checkpoint (Prepare and Unprepare are refused meanwhile).",
+		}),
+		rebuiltClaims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tsn_dra", Name: "checkpoint_rebuilt_claims_total",
+			Help: "Claims of this node found while rebuilding the prepared state: rebuilt, or left_out because they no longer plan.",
+		}, []string{"result"}),
 	}
+	m.rebuiltClaims.WithLabelValues(rebuildResultRebuilt)
+	m.rebuiltClaims.WithLabelValues(rebuildResultLeftOut)
 	if reg != nil {
-		reg.MustRegister(m.prepareDuration, m.prepareErrors, m.statusErrors, m.preparedClaims, m.publishedDevices)
+		reg.MustRegister(m.prepareDuration, m.prepareErrors, m.statusErrors, m.preparedClaims, m.publishedDevices,
+			m.checkpointDamaged, m.rebuildPending, m.rebuiltClaims)
 	}
 	return m
 }

@@ -80,12 +80,15 @@ type claimState struct {
 
 var _ ClaimStore = (*claimState)(nil)
 
-func newClaimState(cp *checkpoint) (*claimState, error) {
-	claims, err := cp.load()
-	if err != nil {
-		return nil, err
+// replace sets the whole state (a rebuild); the checkpoint is written first.
+func (s *claimState) replace(claims map[types.UID]PreparedClaim) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.cp.store(claims); err != nil {
+		return err
 	}
-	return &claimState{claims: claims, cp: cp}, nil
+	s.claims = claims
+	return nil
 }
 
 func (s *claimState) get(uid types.UID) (PreparedClaim, bool) {

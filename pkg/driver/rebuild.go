@@ -1,0 +1,298 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/pager"
+	"k8s.io/klog/v2"
+)
+
+// rebuildTiming is how the rebuild of a damaged checkpoint talks to the API server: the first
+// attempt (inside New) and each retry get attemptTimeout; retries back off from firstRetry to
+// maxRetry. Tests shorten it.
+var rebuildTiming = struct {
+	attemptTimeout, firstRetry, maxRetry time.Duration
+}{30 * time.Second, time.Second, 30 * time.Second}
+
+// now is the clock that names kept damaged checkpoints (tests set it).
+var now = time.Now
+
+// maxEventMessage bounds the Events the driver writes itself (the API server's limit for an
+// events.k8s.io note is 1 KiB; core Events are shown in the same places).
+const maxEventMessage = 1024
+
+// rebuildState tracks a rebuild of the prepared state after a damaged checkpoint.
+type rebuildState struct {
+	damage *damagedError
+	keptAs string
+	// lastErr is the error of the last failed attempt, nil before the first one.
+	lastErr error
+}
+
+// errStateUnknown is returned (wrapped) for Prepare and Unprepare while the prepared state is
+// being rebuilt.
+var errStateUnknown = errors.New("the prepared state of this node is not known yet")
+
+// stateError returns nil once the prepared state is known, otherwise why it is not. Prepare and
+// Unprepare refuse until then: a Prepare would be lost to the rebuild, and an Unprepare answered
+// "was not prepared" would let the rebuild bring the claim back with nobody to release it.
+func (d *Driver) stateError() error {
+	select {
+	case <-d.ready:
+		return nil
+	default:
+	}
+	d.rebuildMu.Lock()
+	defer d.rebuildMu.Unlock()
+	r := d.rebuild
+	msg := fmt.Sprintf("%v: checkpoint %s was damaged and the claims of this node are being read again from the API server", errStateUnknown, r.damage.path)
+	if r.lastErr != nil {
+		msg += fmt.Sprintf(" (last attempt: %v)", r.lastErr)
+	}
+	return errors.New(msg + "; retry later")
+}
+
+// StateReady is closed once the prepared state is known: at once, unless New found a damaged
+// checkpoint and the API server could not be read yet to rebuild it. Until then Store() is empty
+// and Prepare and Unprepare fail; whatever acts on the absence of a claim (the NRI plugin's
+// Synchronize detaches savers of pods without one) must wait for it.
+func (d *Driver) StateReady() <-chan struct{} { return d.ready }
+
+// recoverDamaged handles a damaged checkpoint in New: it keeps the file for inspection, reports
+// it and rebuilds the prepared state from the API server. When the API server cannot be read, the
+// rebuild goes on in the background (see StateReady) and New returns anyway, so the daemon serves
+// the kubelet's registration and probes rather than crash-looping.
+func (d *Driver) recoverDamaged(ctx context.Context, damage *damagedError) error {
+	logger := klog.FromContext(ctx)
+	d.metrics.checkpointDamaged.Inc()
+	kept, err := d.state.cp.keepDamaged(now())
+	if kept == "" {
+		// The state directory is not writable: the rebuilt checkpoint could not be written
+		// either, and overwriting the only copy of the damaged one would lose the evidence.
+		return fmt.Errorf("%w; %v", damage, err)
+	}
+	if err != nil {
+		logger.Error(err, "Could not prune the kept damaged checkpoints")
+	}
+	d.rebuild = rebuildState{damage: damage, keptAs: kept}
+	logger.Error(damage, "Checkpoint damaged: rebuilding the prepared state from the API server",
+		"keptAs", kept, "node", d.opts.NodeName)
+
+	actx, cancel := context.WithTimeout(ctx, rebuildTiming.attemptTimeout)
+	err = d.rebuildFromAPI(actx, false)
+	cancel()
+	if err == nil {
+		return nil
+	}
+	d.rebuildMu.Lock()
+	d.rebuild.lastErr = err
+	d.rebuildMu.Unlock()
+	d.metrics.rebuildPending.Set(1)
+	logger.Error(err, "Could not rebuild the prepared state; retrying in the background, Prepare and Unprepare are refused until then",
+		"retryIn", rebuildTiming.firstRetry)
+	bctx, stop := context.WithCancel(ctx)
+	d.stopRebuild = stop
+	d.rebuildDone = make(chan struct{})
+	go d.retryRebuild(bctx)
+	return nil
+}
+
+func (d *Driver) retryRebuild(ctx context.Context) {
+	defer close(d.rebuildDone)
+	logger := klog.FromContext(ctx)
+	delay := rebuildTiming.firstRetry
+	for attempt := 2; ; attempt++ {
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			logger.Info("Stopped before the prepared state was rebuilt; the damaged checkpoint is still in place and the next start rebuilds it",
+				"checkpoint", d.rebuild.damage.path)
+			return
+		case <-t.C:
+		}
+		actx, cancel := context.WithTimeout(ctx, rebuildTiming.attemptTimeout)
+		err := d.rebuildFromAPI(actx, true)
+		cancel()
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			continue // reported at the top
+		}
+		d.rebuildMu.Lock()
+		d.rebuild.lastErr = err
+		d.rebuildMu.Unlock()
+		delay = min(2*delay, rebuildTiming.maxRetry)
+		logger.Error(err, "Could not rebuild the prepared state; Prepare and Unprepare stay refused",
+			"attempt", attempt, "retryIn", delay)
+	}
+}
+
+// rebuildFromAPI reads the claims allocated to this node's pool and reserved for pods, plans
+// each as Prepare does, and writes the result as the new checkpoint. A claim that does not plan
+// (its device or NIC is gone, the node config changed) is reported on the claim and left out. With
+// callHooks, the data-path hooks take each rebuilt claim before the state counts as known (New's
+// caller resumes them itself when the rebuild happens inside New).
+func (d *Driver) rebuildFromAPI(ctx context.Context, callHooks bool) error {
+	logger := klog.FromContext(ctx)
+	start := time.Now()
+	d.mu.Lock()
+	inv := d.inv
+	d.mu.Unlock()
+
+	claims := map[types.UID]PreparedClaim{}
+	type leftOut struct {
+		claim *resourceapi.ResourceClaim
+		err   error
+	}
+	var left []leftOut
+	p := pager.New(pager.SimplePageFunc(func(opts metav1.ListOptions) (runtime.Object, error) {
+		return d.opts.KubeClient.ResourceV1().ResourceClaims("").List(ctx, opts)
+	}))
+	p.PageSize = 500
+	seen := 0
+	err := p.EachListItem(ctx, metav1.ListOptions{}, func(obj runtime.Object) error {
+		seen++
+		c, ok := obj.(*resourceapi.ResourceClaim)
+		if !ok || !d.allocatedHere(c) {
+			return nil
+		}
+		pc, err := planClaim(c, d.opts.DriverName, d.pool, inv)
+		if err != nil {
+			left = append(left, leftOut{c.DeepCopy(), err})
+			return nil
+		}
+		claims[pc.UID] = *pc
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list ResourceClaims: %w", err)
+	}
+	if err := d.state.replace(claims); err != nil {
+		return fmt.Errorf("write the rebuilt checkpoint: %w", err)
+	}
+	d.metrics.preparedClaims.Set(float64(len(claims)))
+	d.metrics.rebuiltClaims.WithLabelValues(rebuildResultRebuilt).Add(float64(len(claims)))
+	d.metrics.rebuiltClaims.WithLabelValues(rebuildResultLeftOut).Add(float64(len(left)))
+
+	rebuilt := d.state.PreparedClaims()
+	if callHooks && d.opts.Hooks != nil {
+		// As the daemon's resume after a normal start: put the NIC side of each claim right. A
+		// failure keeps the claim (its pods may still be served); the next prepare on the NIC
+		// retries.
+		for _, pc := range rebuilt {
+			if err := d.opts.Hooks.ClaimPrepared(ctx, pc); err != nil {
+				logger.Error(err, "Could not set up the data path of a rebuilt claim", "claim", klog.KRef(pc.Namespace, pc.Name))
+			}
+		}
+	}
+	d.metrics.rebuildPending.Set(0)
+	close(d.ready)
+
+	names := make([]string, 0, len(rebuilt))
+	for _, pc := range rebuilt {
+		names = append(names, pc.Namespace+"/"+pc.Name)
+	}
+	sort.Slice(left, func(i, j int) bool {
+		return left[i].claim.Namespace+"/"+left[i].claim.Name < left[j].claim.Namespace+"/"+left[j].claim.Name
+	})
+	var leftNames []string
+	for _, l := range left {
+		ref := klog.KObj(l.claim)
+		leftNames = append(leftNames, ref.String())
+		logger.Error(l.err, "Claim of this node left out of the rebuilt state: it no longer plans", "claim", ref)
+		d.postEvent(ctx, corev1.ObjectReference{Kind: "ResourceClaim", APIVersion: resourceapi.SchemeGroupVersion.String(),
+			Namespace: l.claim.Namespace, Name: l.claim.Name, UID: l.claim.UID}, corev1.EventTypeWarning, "NotRebuilt",
+			fmt.Sprintf("prepared state lost with a damaged checkpoint on node %s and not rebuilt: %v", d.opts.NodeName, l.err))
+	}
+	r := d.rebuild
+	logger.Info("Rebuilt the prepared state from the API server", "claims", len(claims), "claimNames", names,
+		"leftOut", leftNames, "claimsListed", seen, "damagedCheckpointKeptAs", r.keptAs, "duration", time.Since(start))
+
+	msg := fmt.Sprintf("checkpoint %s was damaged (%v) and is kept as %s; rebuilt %d prepared claims from the API server",
+		r.damage.path, r.damage.err, r.keptAs, len(claims))
+	if len(left) > 0 {
+		msg += fmt.Sprintf(", %d left out because they no longer plan: %s", len(left), strings.Join(leftNames, ", "))
+	}
+	d.postEvent(ctx, d.nodeRef(ctx), corev1.EventTypeWarning, "CheckpointRebuilt", msg)
+	return nil
+}
+
+// allocatedHere says whether the claim has a device of this driver in this node's pool and is
+// reserved for a pod: what the kubelet has prepared, or will prepare, on this node.
+func (d *Driver) allocatedHere(c *resourceapi.ResourceClaim) bool {
+	if c.Status.Allocation == nil {
+		return false
+	}
+	ours := false
+	for _, r := range c.Status.Allocation.Devices.Results {
+		if r.Driver == d.opts.DriverName && r.Pool == d.pool {
+			ours = true
+			break
+		}
+	}
+	if !ours {
+		return false
+	}
+	for _, ref := range c.Status.ReservedFor {
+		if ref.APIGroup == "" && ref.Resource == "pods" {
+			return true
+		}
+	}
+	return false
+}
+
+// nodeRef refers to this node's Node object (with its UID when the API server says it).
+func (d *Driver) nodeRef(ctx context.Context) corev1.ObjectReference {
+	ref := corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: d.opts.NodeName}
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if n, err := d.opts.KubeClient.CoreV1().Nodes().Get(gctx, d.opts.NodeName, metav1.GetOptions{}); err == nil {
+		ref.UID = n.UID
+	}
+	return ref
+}
+
+// postEvent writes an Event at once. The rebuild runs before Start sets up the event recorder
+// (inside New), and right after the API server answered, so a direct write is both possible and
+// the only way to report from there; a failure is logged.
+func (d *Driver) postEvent(ctx context.Context, ref corev1.ObjectReference, eventType, reason, msg string) {
+	if len(msg) > maxEventMessage {
+		msg = msg[:maxEventMessage-3] + "..."
+	}
+	ns := ref.Namespace
+	if ns == "" {
+		ns = metav1.NamespaceDefault // where events of cluster-scoped objects go
+	}
+	now := metav1.Now()
+	ev := &corev1.Event{
+		ObjectMeta:          metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", ref.Name, now.UnixNano()), Namespace: ns},
+		InvolvedObject:      ref,
+		Reason:              reason,
+		Message:             msg,
+		Type:                eventType,
+		Source:              corev1.EventSource{Component: d.opts.DriverName, Host: d.opts.NodeName},
+		FirstTimestamp:      now,
+		LastTimestamp:       now,
+		Count:               1,
+		ReportingController: d.opts.DriverName,
+		ReportingInstance:   d.opts.DriverName + "-" + d.opts.NodeName,
+	}
+	ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := d.opts.KubeClient.CoreV1().Events(ns).Create(ectx, ev, metav1.CreateOptions{}); err != nil {
+		klog.FromContext(ctx).Error(err, "Could not write an event", "object", ref.Kind+" "+klog.KRef(ref.Namespace, ref.Name).String(),
+			"reason", reason, "message", msg)
+	}
+}
