@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sort"
 	"testing"
@@ -59,39 +58,6 @@ func suffix() string {
 	return hex.EncodeToString(b)
 }
 
-// inNetns runs f on a thread in the network namespace at path; plugins that f
-// executes inherit it, as they do under a container runtime.
-func inNetns(path string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- err
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("back to the original netns: %w (thread discarded)", err)
-			return // the thread stays locked and dies with the goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 // cniNode makes pod network namespaces the way a container runtime does: a
 // new netns, then the bridge CNI plugin (run in the node's host netns) wires
 // eth0 to a bridge with the gateway address and host-local IPAM.
@@ -135,35 +101,14 @@ func (c *cniNode) rt(uid string) *libcni.RuntimeConf {
 func (c *cniNode) addPod(uid string) *api.PodSandbox {
 	c.t.Helper()
 	name := "tsnnri-" + suffix() + "-" + uid
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		h.Close()
-		if err := netns.Set(orig); err != nil {
-			errc <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
+	path, err := netemu.NewNetns(name)
+	if err != nil {
 		c.t.Fatalf("create pod netns %s: %v", name, err)
 	}
-	c.pods[uid] = filepath.Join("/var/run/netns", name)
+	c.pods[uid] = path
 	c.t.Cleanup(func() { c.delPod(uid) })
 	var res any
-	err := inNetns(c.hostNetn, func() error {
+	err = netemu.InNetns(c.hostNetn, func() error {
 		r, err := c.cni.AddNetworkList(context.Background(), c.conf, c.rt(uid))
 		res = r
 		return err
@@ -184,7 +129,7 @@ func (c *cniNode) delPod(uid string) {
 		return
 	}
 	delete(c.pods, uid)
-	_ = inNetns(c.hostNetn, func() error {
+	_ = netemu.InNetns(c.hostNetn, func() error {
 		return c.cni.DelNetworkList(context.Background(), c.conf, &libcni.RuntimeConf{ContainerID: "sb-" + uid, NetNS: path, IfName: "eth0"})
 	})
 	_ = netns.DeleteNamed(filepath.Base(path))

@@ -128,6 +128,17 @@ func New(t Topology, npods int) (n *Node, err error) {
 
 func (n *Node) newNS(role string) (string, error) {
 	name := fmt.Sprintf("tsnemu-%s-%s", n.Suffix, role)
+	path, err := NewNetns(name)
+	if err != nil {
+		return "", err
+	}
+	n.names = append(n.names, name)
+	return path, nil
+}
+
+// NewNetns creates the named network namespace (/var/run/netns/<name>), as
+// `ip netns add` does, and returns its path; netns.DeleteNamed removes it.
+func NewNetns(name string) (string, error) {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -154,9 +165,12 @@ func (n *Node) newNS(role string) (string, error) {
 	if err := <-errc; err != nil {
 		return "", err
 	}
-	n.names = append(n.names, name)
 	return filepath.Join("/var/run/netns", name), nil
 }
+
+// InNetns runs f on a thread in the network namespace at path ("" runs it
+// here); programs f starts inherit the namespace, as under a container runtime.
+func InNetns(path string, f func() error) error { return hook.InNetns(path, f) }
 
 // Close removes every namespace (and with them links, routes and rules).
 func (n *Node) Close() {
