@@ -184,6 +184,13 @@ func run(ctx context.Context, f *flags) error {
 	nriDone := make(chan struct{})
 	go func() {
 		defer close(nriDone)
+		// NRI's Synchronize detaches the savers of pods without a prepared claim: wait until the
+		// prepared state is known (a damaged checkpoint may still be rebuilding).
+		select {
+		case <-d.StateReady():
+		case <-nriCtx.Done():
+			return
+		}
 		if err := dp.runNRI(nriCtx, &f.dataPath, f.driverName, d.Store(), reg); err != nil {
 			cancel(fmt.Errorf("NRI plugin: %w", err))
 		}

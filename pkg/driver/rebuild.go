@@ -17,12 +17,13 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// rebuildTiming is how the rebuild of a damaged checkpoint talks to the API server: the first
-// attempt (inside New) and each retry get attemptTimeout; retries back off from firstRetry to
-// maxRetry. Tests shorten it.
+// rebuildTiming is how the rebuild of a damaged checkpoint talks to the API server. The first
+// attempt runs inside New, before the daemon serves /healthz, so it gets less time than the
+// liveness probe allows (deployments: 10 s + 6 x 10 s); each retry gets attemptTimeout, and
+// retries back off from firstRetry to maxRetry. Tests shorten it.
 var rebuildTiming = struct {
-	attemptTimeout, firstRetry, maxRetry time.Duration
-}{30 * time.Second, time.Second, 30 * time.Second}
+	firstAttemptTimeout, attemptTimeout, firstRetry, maxRetry time.Duration
+}{10 * time.Second, 30 * time.Second, time.Second, 30 * time.Second}
 
 // now is the clock that names kept damaged checkpoints (tests set it).
 var now = time.Now
@@ -88,7 +89,7 @@ func (d *Driver) recoverDamaged(ctx context.Context, damage *damagedError) error
 	logger.Error(damage, "Checkpoint damaged: rebuilding the prepared state from the API server",
 		"keptAs", kept, "node", d.opts.NodeName)
 
-	actx, cancel := context.WithTimeout(ctx, rebuildTiming.attemptTimeout)
+	actx, cancel := context.WithTimeout(ctx, rebuildTiming.firstAttemptTimeout)
 	err = d.rebuildFromAPI(actx, false)
 	cancel()
 	if err == nil {

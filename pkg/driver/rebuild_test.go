@@ -201,7 +201,8 @@ func (h *lockedHooks) get() []types.UID {
 // as known.
 func TestRebuildWaitsForAPIServer(t *testing.T) {
 	saved := rebuildTiming
-	rebuildTiming.attemptTimeout, rebuildTiming.firstRetry, rebuildTiming.maxRetry = time.Second, 20*time.Millisecond, 50*time.Millisecond
+	rebuildTiming.firstAttemptTimeout, rebuildTiming.attemptTimeout = time.Second, time.Second
+	rebuildTiming.firstRetry, rebuildTiming.maxRetry = 20*time.Millisecond, 50*time.Millisecond
 	t.Cleanup(func() { rebuildTiming = saved })
 
 	dir := t.TempDir()

@@ -32,7 +32,8 @@ func Decode(raw []byte, path *field.Path) (*TSNConfig, error) {
 	var c TSNConfig
 	strict, err := sigsjson.UnmarshalStrict(raw, &c)
 	if err != nil {
-		return nil, field.Invalid(path, shorten(string(raw)), fmt.Sprintf("cannot decode: %v", err))
+		// The decoder's message may quote the input too (a 10 KiB number literal).
+		return nil, field.Invalid(path, shorten(string(raw)), "cannot decode: "+shortenTo(err.Error(), maxDecodeMessage))
 	}
 	if len(strict) > 0 {
 		errs := make([]error, 0, len(strict))
@@ -114,12 +115,17 @@ func validInterfaceName(n string) bool {
 	return true
 }
 
+// maxDecodeMessage bounds the JSON decoder's message in an error.
+const maxDecodeMessage = 256
+
 // shorten cuts a user's string for quoting in an error message.
-func shorten(s string) string {
-	if len(s) <= maxValueLength {
+func shorten(s string) string { return shortenTo(s, maxValueLength) }
+
+func shortenTo(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	cut := maxValueLength
+	cut := n
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}

@@ -85,6 +85,9 @@ func TestDecodeErrors(t *testing.T) {
 		{"long raw input quoted in part", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","launchTime":"` + strings.Repeat("y", 200) + `"}`,
 			p + `: Invalid value: "{\"apiVersion\":\"tsn.dra.io/v1alpha1\",\"kind\":\"TSNConfig\",\"launchTime\":\"` + strings.Repeat("y", 128-69) +
 				`... (271 bytes)": cannot decode: json: cannot unmarshal string into Go struct field TSNConfig.launchTime of type bool`},
+		{"decoder message cut", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","priorityMap":[{"appPriority":` + strings.Repeat("9", 300) + `}]}`,
+			p + `: Invalid value: "{\"apiVersion\":\"tsn.dra.io/v1alpha1\",\"kind\":\"TSNConfig\",\"priorityMap\":[{\"appPriority\":` + strings.Repeat("9", 128-85) +
+				`... (388 bytes)": cannot decode: json: cannot unmarshal number ` + strings.Repeat("9", 256-30) + `... (403 bytes)`},
 		{"ungranted quoted in part", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","ungranted":"` + strings.Repeat("z", 129) + `"}`,
 			p + `.ungranted: Unsupported value: "` + strings.Repeat("z", 128) + `... (129 bytes)": supported values: "demote", "drop"`},
 	} {
