@@ -86,6 +86,24 @@ func TestGateCycleFigure(t *testing.T) {
 	t.Run("host", func(t *testing.T) { run(t, "host", false, true) })
 }
 
+// TestClsactOnTaprio is a diagnostic for the stall in docs/figures/README.md:
+// host traffic with priorities through taprio, with a clsact qdisc and a
+// pass-everything u32 filter at tsn0's egress (no BPF). Run it alone in the VM:
+// make vmtest VMTEST_PACKAGES=./hack/figure VMTEST_KERNELS=amd64 VMTEST_RUN=TestClsactOnTaprio
+func TestClsactOnTaprio(t *testing.T) {
+	if os.Getenv("TSN_SKIP_ROOT_TESTS") != "" {
+		t.Skip("TSN_SKIP_ROOT_TESTS is set")
+	}
+	if err := netemu.Available(netemu.Routed); err != nil {
+		t.Skip(err)
+	}
+	clsactU32 = true
+	defer func() { clsactU32 = false }()
+	run(t, "host-with-clsact", false, true)
+}
+
+var clsactU32 bool
+
 func run(t *testing.T, mode string, proxy, fromHost bool) {
 	_, ctx := ktesting.NewTestContext(t)
 	node, err := netemu.New(netemu.Routed, 1)
@@ -124,6 +142,17 @@ func run(t *testing.T, mode string, proxy, fromHost bool) {
 		t.Fatal(err)
 	}
 	staticNeighbour(t, node, hostNS)
+	if clsactU32 {
+		for _, args := range [][]string{
+			{"qdisc", "add", "dev", netemu.NIC, "clsact"},
+			{"filter", "add", "dev", netemu.NIC, "egress", "protocol", "ip", "u32", "match", "u32", "0", "0", "action", "pass"},
+		} {
+			cmd := append([]string{"netns", "exec", filepath.Base(node.HostNetns), "/usr/sbin/tc"}, args...)
+			if out, err := exec.Command("/usr/sbin/ip", cmd...).CombinedOutput(); err != nil {
+				t.Fatalf("tc %v: %v\n%s", args, err, out)
+			}
+		}
+	}
 
 	pod := node.Pods[0]
 	var mgr *datapath.Manager
