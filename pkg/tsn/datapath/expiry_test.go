@@ -44,7 +44,7 @@ func TestExpiryKeepsLiveEntries(t *testing.T) {
 			s := newSender(t, pod.Netns, n)
 			const count = 20000
 			start := time.Now()
-			withMeta := sendMix(t, s, 1, count)
+			withMeta := sendMix(t, s, obs, 1, count)
 			r := waitTotal(t, obs, 1, count)
 			c, err := m.Counters("pod-a")
 			if err != nil {

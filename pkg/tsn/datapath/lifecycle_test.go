@@ -62,6 +62,7 @@ func TestRestartMidTraffic(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				base := netemu.TAINow() + uint64(time.Hour)
+				p := newPacer(t, obs, 1)
 				for i := 0; i < count; i++ {
 					prio := uint32(1 + i%7)
 					tx := base + uint64(i)
@@ -69,11 +70,13 @@ func TestRestartMidTraffic(t *testing.T) {
 						t.Error(err)
 						return
 					}
+					p.add()
 					sent.Add(1)
 					if i%500 == 0 {
 						time.Sleep(time.Millisecond)
 					}
 				}
+				p.log()
 			}()
 			for sent.Load() < count/5 {
 				time.Sleep(time.Millisecond)
@@ -101,12 +104,13 @@ func TestRestartMidTraffic(t *testing.T) {
 			wg.Wait()
 			r := waitTotal(t, obs, 1, count)
 			t.Logf("closed after %d packets; %+v", atClose, r)
-			if r.Right != count || r.Wrong != 0 {
-				t.Errorf("want %d right and 0 wrong across the restart, got %+v", count, r)
-			}
 			c, err := m2.Counters("pod-a")
 			if err != nil {
 				t.Fatal(err)
+			}
+			t.Logf("counters %+v", c.Total())
+			if r.Right != count || r.Wrong != 0 {
+				t.Errorf("want %d right and 0 wrong across the restart, got %+v", count, r)
 			}
 			if tot := c.Total(); tot.Restored < count {
 				t.Errorf("counters survive the restart: want >= %d restored, got %+v", count, tot)

@@ -59,11 +59,14 @@ func TestPolicyDemoteRemapDrop(t *testing.T) {
 	// app priority -> what must leave tsn0
 	wantA := map[uint32]uint32{2: 2, 3: 5, 4: 1, 6: 1, 20: 1}
 	tagA := func(p uint32) uint32 { return 100 + p }
+	pa := newPacer(t, obs)
 	for p, want := range wantA {
+		pa.tags[tagA(p)] = true
 		for i := 0; i < per; i++ {
 			if err := sa.Send(tagA(p), uint32(i), p, 0, want, 0); err != nil {
 				t.Fatal(err)
 			}
+			pa.add()
 		}
 	}
 	for _, p := range []uint32{2, 4} {
@@ -147,18 +150,22 @@ func TestOtherTrafficUntouched(t *testing.T) {
 	sc, so, sh := newSender(t, claimed.Netns, n), newSender(t, other.Netns, n), newSender(t, n.HostNetns, n)
 	const count = 2000
 	base := netemu.TAINow() + uint64(time.Hour)
+	p := newPacer(t, obs, 1, 2, 3)
 	for i := 0; i < count; i++ {
 		prio := uint32(1 + i%7)
 		tx := base + uint64(i)*1000
 		if err := sc.Send(1, uint32(i), prio, tx, prio, tx); err != nil {
 			t.Fatal(err)
 		}
+		p.add()
 		if err := so.Send(2, uint32(i), prio, 0, 0, 0); err != nil {
 			t.Fatal(err)
 		}
+		p.add()
 		if err := sh.Send(3, uint32(i), 0, 0, 0, 0); err != nil {
 			t.Fatal(err)
 		}
+		p.add()
 	}
 	for tag, name := range map[uint32]string{1: "claimed pod", 2: "pod without saver", 3: "host"} {
 		r := waitTotal(t, obs, tag, count)

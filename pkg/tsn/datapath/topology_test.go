@@ -45,7 +45,7 @@ func testTopology(t *testing.T, topo netemu.Topology, opts ...datapath.Option) {
 	}
 	s := newSender(t, pod.Netns, n)
 	const tag = 1
-	withMeta := sendMix(t, s, tag, packetsPerTopology)
+	withMeta := sendMix(t, s, obs, tag, packetsPerTopology)
 	r := waitTotal(t, obs, tag, packetsPerTopology)
 	t.Logf("%s: total %d right %d missed %d wrong %d, launch times %d/%d, by priority %v",
 		topo, r.Total, r.Right, r.Missed, r.Wrong, r.TxTimeRight, r.TxTimeWanted, r.ByGot)
