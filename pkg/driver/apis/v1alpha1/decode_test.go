@@ -130,6 +130,7 @@ func TestDecodeHugePriorityMap(t *testing.T) {
 	if took > time.Second {
 		t.Errorf("refusing took %v", took)
 	}
+	t.Logf("%d bytes of parameters refused in %v with a %d-byte error", len(raw), took, len(err.Error()))
 }
 
 func TestAggregate(t *testing.T) {
