@@ -365,8 +365,9 @@ func printStatus(w io.Writer, st *nodeStatus) {
 			speed = fmt.Sprintf(", %d Mb/s", n.SpeedMbps)
 		}
 		p("NIC %s (interface %s: %s%s)", n.Name, orDash(n.Interface), link, speed)
-		p("  schedule: %s, %s, cycle %v, %d traffic classes, priority map %v, queues %v",
-			s.Mode, orDash(string(s.Clock)), s.Cycle(), s.NumTrafficClasses, s.PriorityMap, s.Queues)
+		owner := n.Config.ScheduleOwner.Effective()
+		p("  schedule (applied by: %s): %s, %s, cycle %v, %d traffic classes, priority map %v, queues %v",
+			owner, s.Mode, orDash(string(s.Clock)), s.Cycle(), s.NumTrafficClasses, s.PriorityMap, s.Queues)
 		var gcl []string
 		for _, e := range s.GateControlList {
 			gcl = append(gcl, fmt.Sprintf("%s %#x %v", e.EffectiveCommand(), e.GateMask, e.Interval.D()))
