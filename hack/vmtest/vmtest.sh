@@ -6,7 +6,8 @@
 #
 # Knobs (environment):
 #   VMTEST_PACKAGES  Go packages to test (default: the ones in packages.txt)
-#   VMTEST_KERNELS   Debian kernel flavours (default "amd64 rt-amd64")
+#   VMTEST_KERNELS   Debian kernel flavours (default "amd64 rt-amd64"; "bpo-amd64",
+#                    "bpo-rt-amd64": the same from bookworm-backports, 6.12)
 #   VMTEST_CACHE     download/build cache (default /var/cache/tsn-dra-driver/vmtest-v1)
 #   VMTEST_TIMEOUT   seconds one VM may run (default 1200)
 #   VMTEST_RUN       -test.run pattern passed to every test binary (default all)
@@ -58,22 +59,43 @@ fi
 mkdir -p "$cache/debs"
 
 # --- kernels ------------------------------------------------------------------
+# A flavour is a Debian linux-image-* meta package suffix ("amd64", "rt-amd64"),
+# from the machine's own apt sources, or with a "bpo-" prefix ("bpo-amd64",
+# "bpo-rt-amd64") from bookworm-backports (6.12: TCX and taprio together). The
+# backports suite is read through a private apt configuration under the cache,
+# so the machine's /etc/apt is never changed.
+bpo_apt=$cache/apt-bookworm-backports
+bpo_opts=(-o "Dir::Etc::sourcelist=$bpo_apt/sources.list" -o "Dir::Etc::sourceparts=$bpo_apt/sources.list.d"
+	-o "Dir::Etc::preferencesparts=$bpo_apt/preferences.d" -o "Dir::State::lists=$bpo_apt/lists"
+	-o "Dir::State::status=/dev/null" -o "Dir::Cache=$bpo_apt/cache" -o APT::Sandbox::User=root)
+bpo_update() {
+	mkdir -p "$bpo_apt"/{lists/partial,sources.list.d,preferences.d,cache/archives/partial}
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main" >"$bpo_apt/sources.list"
+	apt-get "${bpo_opts[@]}" update -qq
+}
+
 # kernel_dir FLAVOUR: resolves linux-image-FLAVOUR to its versioned package, fetches
 # and unpacks it once, and prints the unpacked directory.
 kernel_dir() {
-	local flavour=$1 pkg ver dir
-	pkg=$(apt-cache depends "linux-image-$flavour" 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')
+	local flavour=$1 pkg ver dir opts=() update=(apt-get update -qq)
+	if [[ $flavour == bpo-* ]]; then
+		flavour=${flavour#bpo-}
+		opts=("${bpo_opts[@]}")
+		update=(bpo_update)
+		[[ -f $bpo_apt/sources.list ]] || bpo_update
+	fi
+	pkg=$(apt-cache "${opts[@]}" depends "linux-image-$flavour" 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')
 	if [[ -z $pkg ]]; then
-		apt-get update -qq
-		pkg=$(apt-cache depends "linux-image-$flavour" | awk '/Depends: linux-image-/ { print $2; exit }')
+		"${update[@]}"
+		pkg=$(apt-cache "${opts[@]}" depends "linux-image-$flavour" | awk '/Depends: linux-image-/ { print $2; exit }')
 	fi
 	[[ -n $pkg ]] || { log "cannot resolve linux-image-$flavour"; return 1; }
-	ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ { print $2 }')
+	ver=$(apt-cache "${opts[@]}" policy "$pkg" | awk '/Candidate:/ { print $2 }')
 	dir=$cache/kernel/$pkg-$ver
 	if [[ ! -f $dir/.done ]]; then
 		log "fetching $pkg $ver"
 		rm -rf "$dir" && mkdir -p "$dir"
-		(cd "$cache/debs" && apt-get download -qq -o APT::Sandbox::User=root "$pkg=$ver")
+		(cd "$cache/debs" && apt-get "${opts[@]}" download -qq -o APT::Sandbox::User=root "$pkg=$ver")
 		dpkg-deb -x "$cache/debs/${pkg}_${ver//:/%3a}_amd64.deb" "$dir"
 		rm -f "$cache/debs/${pkg}_"*.deb
 		touch "$dir/.done"
