@@ -176,6 +176,7 @@ func (p *pacer) add() {
 }
 
 func (p *pacer) log() {
+	p.t.Helper()
 	p.t.Logf("pacing: %d of %d checks waited for the NIC to catch up; %v in checks and waits",
 		p.waits, p.checks, p.spent.Round(time.Millisecond))
 }
