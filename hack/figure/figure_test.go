@@ -102,7 +102,30 @@ func TestClsactOnTaprio(t *testing.T) {
 	run(t, "host-with-clsact", false, true)
 }
 
-var clsactU32 bool
+// TestClsactRestorerOnTaprio is the second diagnostic: the figure's pod traffic
+// with the driver, but the restorer forced onto clsact + cls_bpf (the only
+// attach mode 6.1 has) on a kernel that also has TCX, to tell a clsact problem
+// from a 6.1 one. Run it alone, like TestClsactOnTaprio.
+func TestClsactRestorerOnTaprio(t *testing.T) {
+	if os.Getenv("TSN_SKIP_ROOT_TESTS") != "" {
+		t.Skip("TSN_SKIP_ROOT_TESTS is set")
+	}
+	if err := netemu.Available(netemu.Routed); err != nil {
+		t.Skip(err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		t.Skip("bpffs is not mounted at /sys/fs/bpf")
+	}
+	restorerMode = datapath.ModeTC
+	defer func() { restorerMode = "" }()
+	run(t, "with-proxy-clsact", true, false)
+}
+
+var (
+	clsactU32    bool
+	restorerMode datapath.AttachMode // "": the data path's choice (TCX where the kernel has it)
+)
 
 func run(t *testing.T, mode string, proxy, fromHost bool) {
 	_, ctx := ktesting.NewTestContext(t)
@@ -161,12 +184,17 @@ func run(t *testing.T, mode string, proxy, fromHost bool) {
 		_, _ = rand.Read(b)
 		base := filepath.Join("/sys/fs/bpf", "tsn-figure-"+hex.EncodeToString(b))
 		t.Cleanup(func() { _ = os.RemoveAll(base) })
-		m, err := datapath.Open(ctx, datapath.WithPinDir(filepath.Join(base, "v1")), datapath.WithNetns(node.HostNetns))
+		opts := []datapath.Option{datapath.WithPinDir(filepath.Join(base, "v1")), datapath.WithNetns(node.HostNetns)}
+		if restorerMode != "" {
+			opts = append(opts, datapath.WithAttachMode(restorerMode))
+		}
+		m, err := datapath.Open(ctx, opts...)
 		if err != nil {
 			t.Fatalf("open data path: %v", err)
 		}
 		t.Cleanup(func() { _ = m.Uninstall(klog.NewContext(context.Background(), klog.Background())) })
 		mgr = m
+		t.Logf("%s: restorer attach mode %s", mode, m.Mode())
 		if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
 			t.Fatal(err)
 		}
