@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -196,6 +198,11 @@ func kernelHasTaprio(ctx context.Context, c *cluster.Cluster) (bool, string) {
 		return true, ""
 	}
 	msg := strings.TrimSpace(string(out))
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) {
+		// tc did not run at all: say so rather than guess the kernel has taprio.
+		return false, fmt.Sprintf("probe did not run: %v", err)
+	}
 	return !strings.Contains(strings.ToLower(msg), "unknown"), msg
 }
 
