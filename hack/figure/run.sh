@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 log=$(mktemp /tmp/figure-vm.XXXXXX.log)
 trap 'rm -f "$log"' EXIT
-make vmtest VMTEST_PACKAGES=./hack/figure VMTEST_KERNELS=amd64 VMTEST_RUN=TestGateCycleFigure VMTEST_TIMEOUT=300 | tee "$log"
+make vmtest VMTEST_PACKAGES=./hack/figure VMTEST_KERNELS="${FIGURE_KERNEL:-bpo-amd64}" VMTEST_RUN=TestGateCycleFigure VMTEST_TIMEOUT=300 | tee "$log"
 rc=${PIPESTATUS[0]}
 grep -oE '(FIGMETA|FIGDATA) .*' "$log" >docs/figures/gate-cycle.dat
 grep -oE 'figure_test.go:[0-9]+: .*(arrived|taprio children|counters).*' "$log" >docs/figures/gate-cycle.log || true

@@ -14,6 +14,8 @@
 #   VMTEST_MEM       guest memory in MiB (default 1024)
 #   VMTEST_SMP       guest CPUs (default 2)
 #   VMTEST_VERBOSE   1 passes -test.v (default 1)
+#   VMTEST_CMDLINE   appended to the kernel command line (e.g. "loglevel=7" to see
+#                    lockup and RCU stall reports on the console)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -226,7 +228,7 @@ for flavour in $kernels; do
 	timeout --foreground "$timeout_s" nice -n 10 qemu-system-x86_64 \
 		-accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem" \
 		-kernel "$vmlinuz" -initrd "$initrd" \
-		-append "console=ttyS0 panic=-1 oops=panic loglevel=3 quiet" \
+		-append "console=ttyS0 panic=-1 oops=panic loglevel=3 quiet ${VMTEST_CMDLINE:-}" \
 		-nographic -no-reboot -nic none -monitor none -serial stdio \
 		-virtfs local,path="$repo",mount_tag=repo,security_model=none,readonly=on \
 		-virtfs local,path="$out",mount_tag=out,security_model=none \
