@@ -502,6 +502,19 @@ func checkDriverView(ctx context.Context, t *testing.T, c *cluster.Cluster, pods
 			problems = append(problems, fmt.Sprintf("the pinned maps show %d pod policies, want %d: %v", n, len(uids), pinned))
 		}
 		if len(problems) == 0 {
+			sum, _ := metricValue(m, "tsn_dra_nri_hook_duration_seconds_sum", map[string]string{"event": "RunPodSandbox", "result": "success"})
+			cnt, _ := metricValue(m, hook, map[string]string{"event": "RunPodSandbox", "result": "success"})
+			t.Logf("TIMING NRI RunPodSandbox hook (saver attach) per /metrics: %d hooks, mean %v (containerd gives a hook 2 s)",
+				int(cnt), time.Duration(sum/cnt*float64(time.Second)).Round(time.Microsecond))
+			// The driver's own account of each attach: whether the slot's
+			// program was loaded ahead of time (prepared) and how long it took.
+			if logs, err := c.Kubectl(ctx, "-n", driverNamespace, "logs", "daemonset/"+driverDaemonSet, "--tail=500"); err == nil {
+				for _, line := range strings.Split(string(logs), "\n") {
+					if strings.Contains(line, `"saver attached"`) || strings.Contains(line, "loaded one inline") {
+						t.Logf("driver: %s", line)
+					}
+				}
+			}
 			for _, l := range seen {
 				t.Log(l)
 			}
