@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
@@ -24,37 +23,8 @@ func quietCtx() context.Context {
 
 func randSuffix() string { return fmt.Sprintf("%08x", time.Now().UnixNano()&0xffffffff) }
 
-// inNetns runs f on a locked thread in the netns at path.
-func inNetns(path string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- err
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// inNetns runs f on a locked thread in the network namespace at path.
+func inNetns(path string, f func() error) error { return netemu.InNetns(path, f) }
 
 // benchLatency measures pod -> wire one-way latency with and without the proxy.
 func benchLatency(r *report) error {

@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -167,36 +166,7 @@ func waitTotal(t testing.TB, o *observe.Observer, tag uint32, want uint64) obser
 }
 
 // inNetns runs f on a locked thread in the network namespace at path.
-func inNetns(path string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- err
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("back to the original netns: %w", err)
-			return // the thread stays locked and dies with the goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func inNetns(path string, f func() error) error { return netemu.InNetns(path, f) }
 
 // egressPrograms counts what is attached at egress of ifname in the netns at path: TCX
 // programs and cls_bpf filters of a clsact qdisc. A restart that attaches twice shows here.
@@ -322,33 +292,11 @@ type podNS struct {
 // routes) connected to the host netns at hostPath.
 func addPodNS(hostPath, suffix string, i int) (*podNS, error) {
 	p := &podNS{Name: fmt.Sprintf("tsnrel-%s-p%d", suffix, i), HostIf: fmt.Sprintf("rv%s%d", suffix[:4], i)}
-	p.Path = filepath.Join("/var/run/netns", p.Name)
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(p.Name)
-		if err != nil {
-			_ = netns.Set(orig)
-			errc <- fmt.Errorf("create netns %s: %w", p.Name, err)
-			return
-		}
-		h.Close()
-		if err := netns.Set(orig); err != nil {
-			errc <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
+	path, err := netemu.NewNetns(p.Name)
+	if err != nil {
 		return nil, err
 	}
+	p.Path = path
 	hostNS, err := netns.GetFromPath(hostPath)
 	if err != nil {
 		return nil, err
