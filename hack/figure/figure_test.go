@@ -122,7 +122,39 @@ func TestClsactRestorerOnTaprio(t *testing.T) {
 	run(t, "with-proxy-clsact", true, false)
 }
 
+// TestClsactBeforeTaprio tells whether the stall comes from the clsact hook or
+// from adding clsact to a device that already has taprio: the same two cases
+// as the diagnostics above (u32 pass filter with host traffic; the restorer
+// forced onto clsact with pod traffic), but clsact is put on tsn0 before taprio.
+// Adding clsact grafts a qdisc, which deactivates the device; that resets
+// taprio, and taprio's reset cancels the timer that advances its gates.
+func TestClsactBeforeTaprio(t *testing.T) {
+	if os.Getenv("TSN_SKIP_ROOT_TESTS") != "" {
+		t.Skip("TSN_SKIP_ROOT_TESTS is set")
+	}
+	if err := netemu.Available(netemu.Routed); err != nil {
+		t.Skip(err)
+	}
+	clsactFirst = true
+	defer func() { clsactFirst = false }()
+	t.Run("u32", func(t *testing.T) {
+		clsactU32 = true
+		defer func() { clsactU32 = false }()
+		run(t, "host-with-clsact-first", false, true)
+	})
+	t.Run("restorer", func(t *testing.T) {
+		var st unix.Statfs_t
+		if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+			t.Skip("bpffs is not mounted at /sys/fs/bpf")
+		}
+		restorerMode = datapath.ModeTC
+		defer func() { restorerMode = "" }()
+		run(t, "with-proxy-clsact-first", true, false)
+	})
+}
+
 var (
+	clsactFirst  bool // clsact (u32 filter or restorer) goes on tsn0 before taprio
 	clsactU32    bool
 	restorerMode datapath.AttachMode // "": the data path's choice (TCX where the kernel has it)
 )
@@ -161,8 +193,13 @@ func run(t *testing.T, mode string, proxy, fromHost bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Apply(ctx, netemu.NIC, qdisc.Config{Root: q}); err != nil {
-		t.Fatal(err)
+	applyTaprio := func() {
+		if err := c.Apply(ctx, netemu.NIC, qdisc.Config{Root: q}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !clsactFirst {
+		applyTaprio()
 	}
 	staticNeighbour(t, node, hostNS)
 	if clsactU32 {
@@ -203,6 +240,14 @@ func run(t *testing.T, mode string, proxy, fromHost bool) {
 			if err := m.AttachSaver(ctx, "figure-pod", pod.Netns, pod.Ifname, datapath.Policy{Allowed: []uint32{1, 2}}); err != nil {
 				t.Fatal(err)
 			}
+		}
+	}
+
+	if clsactFirst {
+		applyTaprio()
+		if out, err := exec.Command("/usr/sbin/ip", "netns", "exec", filepath.Base(node.HostNetns),
+			"/usr/sbin/tc", "qdisc", "show", "dev", netemu.NIC).CombinedOutput(); err == nil {
+			t.Logf("%s: qdiscs with clsact first:\n%s", mode, out)
 		}
 	}
 
