@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make vmtest: runs Go test packages as root inside Debian's 6.1 kernels (generic
-# and PREEMPT_RT) under qemu, for the kernel features the host lacks (taprio, etf,
-# mqprio, fexit). Installs what it needs from Debian packages, caches downloads
+# and PREEMPT_RT), or 6.12 from bookworm-backports, under qemu, for the kernel
+# features the host lacks (taprio, etf, mqprio, fexit). Installs what it needs from Debian packages, caches downloads
 # outside the repo, and exits non-zero when any test fails on any kernel.
 #
 # Knobs (environment):
