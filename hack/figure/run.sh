@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Regenerates docs/figures/gate-cycle.svg from a real run: the seed experiment
-# (hack/figure) in Debian's 6.1 kernel with taprio under qemu (make vmtest),
-# then the plot. Root; ~30 s with a warm vmtest cache.
+# (hack/figure) in a Debian kernel with taprio under qemu (make vmtest), then the
+# plot. Root; ~40 s with a warm vmtest cache.
 #
-#   sudo hack/figure/run.sh
+#   sudo hack/figure/run.sh                      # 6.12 from bookworm-backports (TCX)
+#   sudo FIGURE_KERNEL=amd64 hack/figure/run.sh  # 6.1 (clsact restorer)
 #
-# The test fails while pod traffic with the driver does not leave taprio on
-# that kernel (docs/figures/README.md); the data of every run is kept anyway.
+# On 6.1 the test fails: the restorer's clsact, added after taprio, stops taprio's
+# gates and pod traffic with the driver stays queued (docs/figures/README.md); the
+# data of every run is kept anyway.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 log=$(mktemp /tmp/figure-vm.XXXXXX.log)
