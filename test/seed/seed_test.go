@@ -117,19 +117,13 @@ func run(t *testing.T, proxy bool) result {
 	if ok, err := c.HasKind(link.Index, "taprio"); err != nil || !ok {
 		t.Skipf("kernel %s has no taprio (run make vmtest): %v", kernelRelease(), err)
 	}
-	if err := c.Apply(ctx, netemu.NIC, qdisc.Config{Root: seedTaprio(t)}); err != nil {
-		t.Fatal(err)
-	}
-	state, err := c.Snapshot(link)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := state.Root.Handle
-
 	staticNeighbour(t, node, ns)
 
 	var res result
 	pod := node.Pods[0]
+	// In the driver's order (pkg/driver/nicsetup): the restorer first, then
+	// the schedule. Without TCX the restorer needs clsact, and clsact grafted
+	// onto a NIC that already runs taprio stops taprio's gates.
 	if proxy {
 		b := make([]byte, 4)
 		_, _ = rand.Read(b)
@@ -148,6 +142,14 @@ func run(t *testing.T, proxy bool) result {
 		}
 		res.restorer = m.Mode()
 	}
+	if err := c.Apply(ctx, netemu.NIC, qdisc.Config{Root: seedTaprio(t)}); err != nil {
+		t.Fatal(err)
+	}
+	state, err := c.Snapshot(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := state.Root.Handle
 
 	// netemu's own sink holds node.Dest's port: the experiment uses the next one.
 	dst := &net.UDPAddr{IP: node.Dest.IP, Port: node.Dest.Port + 1}
@@ -220,19 +222,6 @@ func run(t *testing.T, proxy bool) result {
 	})
 	// That they left the NIC through their classes and arrived behind it.
 	t.Run("arrived", func(t *testing.T) {
-		if res.restorer == datapath.ModeTC {
-			// Without TCX (< 6.6) the restorer hangs on clsact, which the data
-			// path adds to a NIC that already has taprio, as the driver does
-			// (schedule first, then restorer). Grafting clsact deactivates the
-			// device, that resets taprio, and taprio's reset cancels the timer
-			// that advances its gates: the schedule stops and restored packets
-			// stay queued. hack/figure: TestClsactOnTaprio (no BPF, same stall),
-			// TestClsactBeforeTaprio (clsact first: every packet arrives, 6.1 too).
-			t.Skipf("restorer on clsact (kernel %s has no TCX), added after taprio: that stops taprio's gates "+
-				"(hack/figure TestClsactOnTaprio, TestClsactBeforeTaprio; docs/figures/README.md); "+
-				"%d/%d/%d packets arrived, %v still queued",
-				kernelRelease(), res.arrived[0], res.arrived[1], res.arrived[2], res.queued)
-		}
 		for p := range 3 {
 			if res.arrived[p] != perPriority {
 				t.Errorf("priority %d: %d of %d packets arrived behind the NIC", p, res.arrived[p], perPriority)

@@ -65,29 +65,38 @@ func New(restorers Restorers, schedules Schedules) *Setup {
 }
 
 // Acquire records that claimUID uses nic. On every call it makes sure the
-// schedule and the restorer are on the NIC (both are idempotent, and a NIC
+// restorer and the schedule are on the NIC (both are idempotent, and a NIC
 // whose qdisc somebody replaced is put right again). On failure the claim is
 // not recorded and, if it was the NIC's first, what this call put on the NIC
 // is taken off again.
+//
+// The restorer goes on first: without TCX (kernels before 6.6) it needs a
+// clsact qdisc, and grafting clsact onto a NIC that already runs taprio
+// deactivates the device, which resets taprio and cancels the timer that
+// advances its gates: the schedule stops and every packet stays queued
+// (measured on 6.1 and 6.12: test/seed, hack/figure TestClsactBeforeTaprio).
+// taprio created next to an existing clsact runs.
 func (s *Setup) Acquire(ctx context.Context, nic NIC, claimUID string) error {
 	logger := klog.FromContext(ctx).WithValues("nic", nic.Name, "interface", nic.Interface, "claimUID", claimUID)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	users := s.claims[nic.Name]
 	first := len(users) == 0
+	if err := s.restorers.EnsureRestorer(ctx, nic.Interface); err != nil {
+		return fmt.Errorf("attach the restorer to NIC %s (%s): %w", nic.Name, nic.Interface, err)
+	}
 	if nic.ApplySchedule {
 		if err := s.schedules.Apply(ctx, nic); err != nil {
-			return fmt.Errorf("apply the TSN schedule of NIC %s (%s): %w", nic.Name, nic.Interface, err)
-		}
-	}
-	if err := s.restorers.EnsureRestorer(ctx, nic.Interface); err != nil {
-		err = fmt.Errorf("attach the restorer to NIC %s (%s): %w", nic.Name, nic.Interface, err)
-		if first && nic.ApplySchedule && nic.RemoveOnLastRelease {
-			if rerr := s.schedules.Remove(ctx, nic); rerr != nil {
-				err = errors.Join(err, fmt.Errorf("and taking the schedule off again failed: %w", rerr))
+			// Apply left the NIC's qdiscs as they were; the restorer this
+			// first claim put on goes too.
+			err = fmt.Errorf("apply the TSN schedule of NIC %s (%s): %w", nic.Name, nic.Interface, err)
+			if first {
+				if rerr := s.restorers.RemoveRestorer(ctx, nic.Interface); rerr != nil {
+					err = errors.Join(err, fmt.Errorf("and taking the restorer off again failed: %w", rerr))
+				}
 			}
+			return err
 		}
-		return err
 	}
 	if users == nil {
 		users = map[string]bool{}

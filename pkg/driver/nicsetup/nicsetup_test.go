@@ -85,8 +85,8 @@ func TestKeepPolicyLeavesScheduleAndRestorer(t *testing.T) {
 	if err := s.Acquire(ctx, keep, "c1"); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := f.take(), []string{"apply eth1", "ensure-restorer eth1"}; !slices.Equal(got, want) {
-		t.Fatalf("acquire = %v, want %v", got, want)
+	if got, want := f.take(), []string{"ensure-restorer eth1", "apply eth1"}; !slices.Equal(got, want) {
+		t.Fatalf("acquire = %v, want %v (restorer first: clsact grafted after taprio stops its gates)", got, want)
 	}
 	if err := s.Release(ctx, "tsn0", "c1"); err != nil {
 		t.Fatal(err)
@@ -119,8 +119,8 @@ func TestFailedAcquireRecordsNothingAndUndoes(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "apply the TSN schedule of NIC tsn0 (eth1): taprio refused") {
 		t.Fatalf("Acquire with a failing schedule = %v", err)
 	}
-	if got, want := f.take(), []string{"apply eth1"}; !slices.Equal(got, want) {
-		t.Fatalf("calls = %v, want %v (no restorer without a schedule)", got, want)
+	if got, want := f.take(), []string{"ensure-restorer eth1", "apply eth1", "remove-restorer eth1"}; !slices.Equal(got, want) {
+		t.Fatalf("calls = %v, want %v (the first claim's restorer taken off again)", got, want)
 	}
 
 	f.applyErr, f.ensureErr = nil, errors.New("no bpffs")
@@ -128,8 +128,8 @@ func TestFailedAcquireRecordsNothingAndUndoes(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "attach the restorer to NIC tsn0 (eth1): no bpffs") {
 		t.Fatalf("Acquire with a failing restorer = %v", err)
 	}
-	if got, want := f.take(), []string{"apply eth1", "ensure-restorer eth1", "remove eth1"}; !slices.Equal(got, want) {
-		t.Fatalf("calls = %v, want %v (schedule taken off again)", got, want)
+	if got, want := f.take(), []string{"ensure-restorer eth1"}; !slices.Equal(got, want) {
+		t.Fatalf("calls = %v, want %v (no schedule without a restorer)", got, want)
 	}
 	if got := s.Claims("tsn0"); len(got) != 0 {
 		t.Fatalf("a failed acquire recorded claims %v", got)
@@ -152,7 +152,7 @@ func TestClaimHooksAcquireEveryNICOrNone(t *testing.T) {
 	if err := h.ClaimPrepared(ctx, claim); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := f.take(), []string{"apply eth1", "ensure-restorer eth1", "apply eth2", "ensure-restorer eth2"}; !slices.Equal(got, want) {
+	if got, want := f.take(), []string{"ensure-restorer eth1", "apply eth1", "ensure-restorer eth2", "apply eth2"}; !slices.Equal(got, want) {
 		t.Fatalf("prepare = %v, want %v (each NIC once)", got, want)
 	}
 	if err := h.ClaimUnprepared(ctx, claim); err != nil {
