@@ -12,7 +12,7 @@ CNI_PLUGINS_VERSION ?= v1.9.1
 CNI_PATH  ?= /var/cache/tsn-dra-driver/cni-$(CNI_PLUGINS_VERSION)
 export CNI_PATH
 
-.PHONY: helm all build test test-unit lint generate demo bench-datapath bench test-reliability fuzz clean cni-plugins e2e e2e-build e2e-cluster vmtest
+.PHONY: helm all build test test-unit lint generate demo demo-netns bench-datapath bench test-reliability fuzz clean cni-plugins e2e e2e-build e2e-cluster vmtest
 
 all: build
 
@@ -39,8 +39,21 @@ lint:
 generate:
 	$(GO) generate ./...
 
-## demo: an emulated TSN node in namespaces: per priority, what leaves tsn0 without and with the proxy (root).
-demo:
+## demo: the main job, end to end (root): a single-node Kubernetes on this machine (built from
+##   source the first time: 10-30 min; then ~1-2 min), the driver installed from deployments/,
+##   talker pods with and without claims; prints per talker what left the TSN NIC without and
+##   with the driver. The full log stays in /tmp.
+demo: e2e-build
+	@log=$$(mktemp /tmp/tsn-demo.XXXXXX); \
+	echo "demo: cluster, driver and talker pods (log: $$log)"; \
+	cd hack/e2e && $(GO) test -mod=mod -count=1 -v -run '^TestE2E$$' -timeout 50m . >"$$log" 2>&1; rc=$$?; \
+	sed -n '/^=== What left tsn0/,/^=== end ===/p' "$$log"; \
+	if [ $$rc -ne 0 ]; then grep -E -- '--- FAIL|_test.go:[0-9]+: ' "$$log" | tail -40; echo "demo failed (exit $$rc), full log: $$log"; fi; \
+	exit $$rc
+
+## demo-netns: in seconds, no cluster: an emulated TSN node in namespaces, per priority what leaves
+##   tsn0 without and with the data path (root).
+demo-netns:
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 	$(GO) run ./cmd/tsn-demo
 

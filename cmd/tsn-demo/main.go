@@ -1,7 +1,7 @@
 // Command tsn-demo builds an emulated TSN node in network namespaces (a pod,
 // the host's pod network, and an emulated TSN NIC tsn0) and shows, per
 // priority, what leaves tsn0 without and with the TSN metadata proxy. It needs
-// root (sudo make demo) and cleans up everything it creates.
+// root (sudo make demo-netns) and cleans up everything it creates.
 package main
 
 import (
@@ -68,7 +68,7 @@ func granted(app uint32) (uint32, string) {
 
 func run(topo netemu.Topology, perPrio int) error {
 	if os.Geteuid() != 0 {
-		return errors.New("needs root (network namespaces, eBPF): run sudo make demo")
+		return errors.New("needs root (network namespaces, eBPF): run sudo make demo-netns")
 	}
 	if err := netemu.Available(topo); err != nil {
 		return fmt.Errorf("topology %s: %w", topo, err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -597,11 +598,14 @@ type scenarioPod struct {
 	want     expectation
 }
 
-func (p scenarioPod) sentPriority() uint32 {
-	for i, a := range p.args {
-		if a == "-priority" && i+1 < len(p.args) {
+func (p scenarioPod) sentPriority() uint32 { return priorityArg(p.args) }
+
+// priorityArg returns the talker's -priority argument (0 when absent).
+func priorityArg(args []string) uint32 {
+	for i, a := range args {
+		if a == "-priority" && i+1 < len(args) {
 			var v uint32
-			fmt.Sscan(p.args[i+1], &v)
+			fmt.Sscan(args[i+1], &v)
 			return v
 		}
 	}
@@ -616,6 +620,11 @@ func checkObserved(t *testing.T, obs *observe.Observer, p scenarioPod, n uint64)
 		t.Fatal(err)
 	}
 	t.Logf("observer at %s egress, stream %s: %+v", cluster.TSNInterface, p.stream, r)
+	claim := "-"
+	if p.template != "" {
+		claim = fmt.Sprintf("class %d", p.class)
+	}
+	recordResult("with the driver", p.name, claim, p.sentPriority(), slices.Contains(p.args, "-txtime"), r)
 	if r.Total != n {
 		t.Errorf("stream %s: %d packets at %s egress, want %d", p.stream, r.Total, cluster.TSNInterface, n)
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -48,6 +49,8 @@ func TestE2E(t *testing.T) {
 		t.Fatalf("starting the cluster (make e2e runs hack/e2e/build.sh first): %v", err)
 	}
 	t.Logf("TIMING cluster start: %v", time.Since(start).Round(time.Millisecond))
+	// The per-talker summary goes to stdout (make demo shows it), pass or fail.
+	t.Cleanup(func() { writeSummary(os.Stdout) })
 	stopped := false
 	// dumpOnFailure goes first in a subtest: the cluster is still up when it runs.
 	dumpOnFailure := func(t *testing.T) {
@@ -149,6 +152,7 @@ func TestE2E(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("observer at %s egress, stream %s: %+v", cluster.TSNInterface, p.stream, r)
+			recordResult("without the driver", p.name, "-", priorityArg(p.args), slices.Contains(p.args, "-txtime"), r)
 			if r.Total != n || r.ByGot[0] != n {
 				t.Errorf("stream %s at %s egress: %d packets, %d with priority 0; want %d and %d (no driver: priority scrubbed)",
 					p.stream, cluster.TSNInterface, r.Total, r.ByGot[0], n, n)
