@@ -59,9 +59,19 @@ type flags struct {
 }
 
 func parseFlags() *flags {
+	klog.InitFlags(flag.CommandLine)
+	f := registerFlags(flag.CommandLine)
+	flag.Parse()
+	if f.pluginDataDir == "" {
+		f.pluginDataDir = filepath.Join("/var/lib/kubelet/plugins", f.driverName)
+	}
+	return f
+}
+
+// registerFlags defines the daemon's own flags on fs (klog's are added by
+// parseFlags); docs/configuration.md lists them, checked by a test.
+func registerFlags(fs *flag.FlagSet) *flags {
 	f := &flags{}
-	fs := flag.CommandLine
-	klog.InitFlags(fs)
 	fs.StringVar(&f.driverName, "driver-name", driver.DefaultDriverName, "DRA driver name (also the domain of device attributes and the opaque config driver)")
 	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
 	fs.StringVar(&f.configPath, "config", "/etc/tsn-dra-driver/config.yaml", "node config file (YAML, usually a ConfigMap volume)")
@@ -75,10 +85,6 @@ func parseFlags() *flags {
 	fs.DurationVar(&f.linkDebounce, "link-debounce", 200*time.Millisecond, "wait after a link event before rescanning, to batch bursts")
 	fs.DurationVar(&f.shutdownWindow, "shutdown-timeout", 5*time.Second, "time allowed for the HTTP server to stop")
 	f.dataPath.register(fs)
-	flag.Parse()
-	if f.pluginDataDir == "" {
-		f.pluginDataDir = filepath.Join("/var/lib/kubelet/plugins", f.driverName)
-	}
 	return f
 }
 
