@@ -25,7 +25,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -201,7 +200,9 @@ func run(t *testing.T, mode string, proxy, fromHost bool) {
 	if !clsactFirst {
 		applyTaprio()
 	}
-	staticNeighbour(t, node, hostNS)
+	if err := node.StaticNeighbour(); err != nil {
+		t.Fatal(err)
+	}
 	if clsactU32 {
 		for _, args := range [][]string{
 			{"qdisc", "add", "dev", netemu.NIC, "clsact"},
@@ -470,38 +471,4 @@ func taiMinusRealtime(t *testing.T) int64 {
 	}
 	d := tai.Nano() - rt.Nano()
 	return (d + 500_000_000) / 1_000_000_000 * 1_000_000_000 // whole seconds
-}
-
-// staticNeighbour gives the host a permanent ARP entry for the destination, so
-// no ARP request waits in taprio behind a closed gate (docs/vmtest.md).
-func staticNeighbour(t *testing.T, node *netemu.Node, hostNS netns.NsHandle) {
-	t.Helper()
-	wireNS, err := netns.GetFromPath(node.WireNetns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wireNS.Close()
-	wire, err := netlink.NewHandleAt(wireNS, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wire.Close()
-	peer, err := wire.LinkByName("wire0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, err := netlink.NewHandleAt(hostNS, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer host.Close()
-	nic, err := host.LinkByName(netemu.NIC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = host.NeighSet(&netlink.Neigh{LinkIndex: nic.Attrs().Index, State: netlink.NUD_PERMANENT,
-		IP: node.Dest.IP, HardwareAddr: peer.Attrs().HardwareAddr, Family: unix.AF_INET})
-	if err != nil {
-		t.Fatalf("static neighbour %s: %v", node.Dest.IP, err)
-	}
 }

@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -117,7 +116,9 @@ func run(t *testing.T, proxy bool) result {
 	if ok, err := c.HasKind(link.Index, "taprio"); err != nil || !ok {
 		t.Skipf("kernel %s has no taprio (run make vmtest): %v", kernelRelease(), err)
 	}
-	staticNeighbour(t, node, ns)
+	if err := node.StaticNeighbour(); err != nil {
+		t.Fatal(err)
+	}
 
 	var res result
 	pod := node.Pods[0]
@@ -347,41 +348,4 @@ func socketIn(path string) (int, error) {
 	}()
 	r := <-ch
 	return r.fd, r.err
-}
-
-// staticNeighbour gives the host a permanent ARP entry for the destination.
-// Otherwise the first packets wait for ARP, and the ARP request itself may wait
-// in taprio behind a closed gate: 6.1's software taprio does not wake the queue
-// when a gate opens, so under TCG it can sit there until the held packets are
-// dropped.
-func staticNeighbour(t *testing.T, node *netemu.Node, hostNS netns.NsHandle) {
-	t.Helper()
-	wireNS, err := netns.GetFromPath(node.WireNetns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wireNS.Close()
-	wire, err := netlink.NewHandleAt(wireNS, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wire.Close()
-	peer, err := wire.LinkByName("wire0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, err := netlink.NewHandleAt(hostNS, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer host.Close()
-	nic, err := host.LinkByName(netemu.NIC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = host.NeighSet(&netlink.Neigh{LinkIndex: nic.Attrs().Index, State: netlink.NUD_PERMANENT,
-		IP: node.Dest.IP, HardwareAddr: peer.Attrs().HardwareAddr, Family: unix.AF_INET})
-	if err != nil {
-		t.Fatalf("static neighbour %s: %v", node.Dest.IP, err)
-	}
 }

@@ -622,3 +622,38 @@ func (n *Node) DeletePod(i int) error {
 	}
 	return nil
 }
+
+// StaticNeighbour gives the host a permanent neighbour entry for Dest on the
+// NIC, so no packet waits for ARP: under taprio the ARP request itself may wait
+// behind a closed gate, and 6.1's software taprio does not wake the queue when
+// a gate opens (under qemu's TCG the held packets can then be dropped).
+func (n *Node) StaticNeighbour() error {
+	wire, err := open(n.WireNetns)
+	if err != nil {
+		return err
+	}
+	defer wire.close()
+	peer, err := wire.h.LinkByName("wire0")
+	if err != nil {
+		return err
+	}
+	host, err := open(n.HostNetns)
+	if err != nil {
+		return err
+	}
+	defer host.close()
+	nic, err := host.h.LinkByName(NIC)
+	if err != nil {
+		return err
+	}
+	family := unix.AF_INET
+	if n.Dest.IP.To4() == nil {
+		family = unix.AF_INET6
+	}
+	err = host.h.NeighSet(&netlink.Neigh{LinkIndex: nic.Attrs().Index, State: netlink.NUD_PERMANENT,
+		IP: n.Dest.IP, HardwareAddr: peer.Attrs().HardwareAddr, Family: family})
+	if err != nil {
+		return fmt.Errorf("static neighbour %s: %w", n.Dest.IP, err)
+	}
+	return nil
+}
