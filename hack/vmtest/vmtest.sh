@@ -210,6 +210,7 @@ printf '%s\n' "${args[@]}" >"$out/args"
 
 # --- run ----------------------------------------------------------------------
 status=0
+failed=()
 for flavour in $kernels; do
 	kdir=$(kernel_dir "$flavour")
 	version=$(ls "$kdir/lib/modules" | head -1)
@@ -232,7 +233,7 @@ for flavour in $kernels; do
 		-nographic -no-reboot -nic none -monitor none -serial stdio \
 		-virtfs local,path="$repo",mount_tag=repo,security_model=none,readonly=on \
 		-virtfs local,path="$out",mount_tag=out,security_model=none \
-		</dev/null 2>&1 | tr -d '\r' | sed -u "s/^/[$flavour] /"
+		</dev/null 2>&1 | tr -d '\r' | sed -u "s/^/[$flavour] /" | tee "$out/console-$flavour.log"
 	qemu_rc=${PIPESTATUS[0]}
 	set -e
 	rc=$(cat "$out/result" 2>/dev/null || echo "none")
@@ -240,8 +241,16 @@ for flavour in $kernels; do
 	log "$version: tests exit $rc, VM $(elapsed "$t1") s (boot to tests ${boot} s), qemu exit $qemu_rc"
 	if [[ $rc != 0 ]]; then
 		[[ $rc == none ]] && log "$version: the VM gave no result (timeout after ${timeout_s}s or crash)"
+		failed+=("$flavour")
 		status=1
 	fi
 done
 log "total $(elapsed "$t0") s"
+# CI keeps only the end of a long log: repeat what failed, with the lines that say why.
+for flavour in "${failed[@]}"; do
+	log "FAILED on $flavour:"
+	# klog lines dropped; the rest just before each failure is the failing tests' own output.
+	grep -v -E '[] :][IW][0-9]{4} [0-9]{2}:[0-9]{2}:[0-9.]+[] ]' "$out/console-$flavour.log" |
+		grep -B 12 -E -e '--- FAIL|^\[[^]]*\] (FAIL|panic:)|vmtest-init: === .* exit [1-9]' | tail -n 80 || true
+done
 exit $status
