@@ -95,7 +95,8 @@ func (r *report) markdown() string {
 	}
 	if r.dp != nil {
 		w("| wrong restores (data-path benchmark) | %.0f | 0 | %s |\n", r.dp["wrong"], verdict(r.dp["wrong"] == 0))
-		w("| saver + restorer per packet | %.0f ns | <= 300 ns (issue 2) | %s |\n", r.dp["pair-ns/pkt"], verdict(r.dp["pair-ns/pkt"] <= 300))
+		w("| saver + restorer per packet (as measured; without run statistics' own cost) | %.0f ns; %.0f ns | <= 300 ns (issue 2) | %s |\n",
+			r.dp["pair-ns/pkt"], r.dp["pair-net-ns/pkt"], verdict(r.dp["pair-net-ns/pkt"] <= 300))
 	}
 	if r.prepP99 > 0 {
 		w("| claim Prepare p99 (kubelet gRPC) | %s | < 50 ms (issue 3) | %s |\n", ms(r.prepP99), verdict(r.prepP99 < 50*time.Millisecond))
@@ -131,11 +132,15 @@ func (r *report) markdown() string {
 		w("`BenchmarkDatapath` (pkg/tsn/datapath), routed pod -> tsn0, 40,000 packets per phase in 8 alternating\n")
 		w("rounds with and without the proxy. In-kernel time from BPF run statistics (`run_time_ns / run_cnt`);\n")
 		w("sender CPU is the sending thread's user+system time per `sendmsg`, which includes the whole\n")
-		w("forwarding path to tsn0 (veth, routing, both programs, the observer).\n\n")
+		w("forwarding path to tsn0 (veth, routing, both programs, the observer). Run statistics add two\n")
+		w("`sched_clock()` reads to every run: an empty program on the same packets measures that, and the\n")
+		w("pair without it is what the programs cost with statistics off, as in production.\n\n")
 		w("| | ns per packet |\n|---|---|\n")
 		w("| saver (packet with metadata) | %.0f |\n", d["saver-ns/pkt"])
 		w("| restorer (packet with metadata) | %.0f |\n", d["restorer-ns/pkt"])
-		w("| **saver + restorer** | **%.0f** |\n", d["pair-ns/pkt"])
+		w("| saver + restorer, as measured | %.0f |\n", d["pair-ns/pkt"])
+		w("| empty program (run statistics' own cost per run) | %.0f |\n", d["stats-overhead-ns/run"])
+		w("| **saver + restorer without the statistics' cost** | **%.0f** |\n", d["pair-net-ns/pkt"])
 		w("| saver, skip path (no metadata) | %.0f |\n", d["saver-skip-ns/pkt"])
 		w("| restorer, nothing saved | %.0f |\n", d["restorer-miss-ns/pkt"])
 		w("| sender CPU without the proxy | %.0f |\n", d["cpu-without-ns/pkt"])
