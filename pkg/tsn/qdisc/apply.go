@@ -362,7 +362,13 @@ func (c *Client) matches(s State, handle Handle, link Link, cfg Config) error {
 	if cfg.TxQueues > 0 && link.TxQueues != cfg.TxQueues {
 		return fmt.Errorf("%d tx queues, want %d", link.TxQueues, cfg.TxQueues)
 	}
-	if d := diff(cfg.Root, s.Root.Qdisc); d != "" {
+	rate := ethernetRate
+	if t, ok := s.Root.Qdisc.(*Taprio); ok && t.maxSDU == MaxSDUEffective {
+		// The kernel lowered the limits to what the gate windows let
+		// through at the link speed: the comparison needs the speed.
+		rate = c.linkRate(link.Name)
+	}
+	if d := diffAt(cfg.Root, s.Root.Qdisc, rate); d != "" {
 		return fmt.Errorf("root %s differs: %s", s.Root, d)
 	}
 	if len(s.Children) != len(cfg.Children) {
@@ -385,9 +391,22 @@ func (c *Client) matches(s State, handle Handle, link Link, cfg Config) error {
 	return nil
 }
 
-// diff compares a wanted model with a decoded one after normalize, and describes
-// the first difference ("" when equal).
-func diff(want, got Qdisc) string {
+// diff compares a wanted model with a decoded one, and describes the first
+// difference ("" when equal); max-SDU limits the kernel lowered are checked
+// for an Ethernet link of unknown speed (see diffAt).
+func diff(want, got Qdisc) string { return diffAt(want, got, ethernetRate) }
+
+// diffAt is diff for a link of the given rate: what the kernel fills in
+// (normalize) is no difference, and neither is a taprio max SDU the kernel
+// does not report or lowered to what a gate window lets through (maxSDUDiff).
+func diffAt(want, got Qdisc, rate linkRate) string {
+	if wt, ok := want.(*Taprio); ok {
+		if gt, ok := got.(*Taprio); ok {
+			if d := maxSDUDiff(wt, gt, rate); d != "" {
+				return d
+			}
+		}
+	}
 	w, g := normalize(want), normalize(got)
 	if reflect.DeepEqual(w, g) {
 		return ""
@@ -396,21 +415,15 @@ func diff(want, got Qdisc) string {
 }
 
 // normalize fills in what the kernel fills in, so a model compares equal with
-// its dump: the cycle time taprio computes, max-SDU all-zero as absent, and for
-// hardware mqprio the queues the NIC chose.
+// its dump: the cycle time taprio computes and for hardware mqprio the queues
+// the NIC chose. A taprio's max SDU is left out: maxSDUDiff compares it.
 func normalize(q Qdisc) Qdisc {
 	switch v := q.(type) {
 	case *Taprio:
 		t := *v
 		t.CycleTime = v.CycleDuration()
 		t.Entries = slices.Clone(v.Entries)
-		t.MaxSDU = slices.Clone(v.MaxSDU)
-		for len(t.MaxSDU) > 0 && t.MaxSDU[len(t.MaxSDU)-1] == 0 {
-			t.MaxSDU = t.MaxSDU[:len(t.MaxSDU)-1]
-		}
-		if len(t.MaxSDU) == 0 {
-			t.MaxSDU = nil
-		}
+		t.MaxSDU, t.maxSDU = nil, MaxSDUAsSet
 		t.PrioMap.Queues = slices.Clone(v.PrioMap.Queues)
 		return &t
 	case *MQPrio:

@@ -55,7 +55,7 @@ func decodeTaprio(b []byte) (*Taprio, error) {
 	}
 	t := &Taprio{}
 	var oper, admin []syscall.NetlinkRouteAttr
-	sawPriomap := false
+	sawPriomap, sawTCEntry, perSchedule := false, false, false
 	for _, a := range attrs {
 		switch attrType(a) {
 		case tcaTaprioAttrPriomap:
@@ -82,9 +82,11 @@ func decodeTaprio(b []byte) (*Taprio, error) {
 			}
 			t.TxTimeDelay = native.Uint32(a.Value)
 		case tcaTaprioAttrTCEntry:
-			if err := t.decodeTCEntry(a.Value); err != nil {
+			fp, err := t.decodeTCEntry(a.Value)
+			if err != nil {
 				return nil, err
 			}
+			sawTCEntry, perSchedule = true, perSchedule || fp
 		case tcaTaprioAttrAdminSched:
 			admin, err = nl.ParseRouteAttr(a.Value)
 			if err != nil {
@@ -106,40 +108,56 @@ func decodeTaprio(b []byte) (*Taprio, error) {
 	if err := t.decodeSchedule(sched); err != nil {
 		return nil, err
 	}
+	// 6.1 dumps the qdisc's limits as set. Kernels whose tc entries carry
+	// the frame-preemption attribute (6.12) keep limits per schedule and dump
+	// only the running (oper) schedule's, after lowering them to what its
+	// gate windows let through: nothing before the base time, and the old
+	// schedule's while a new one is pending.
+	switch {
+	case !sawTCEntry || (perSchedule && len(admin) > 0):
+		t.maxSDU, t.MaxSDU = MaxSDUUnknown, nil
+	case perSchedule:
+		t.maxSDU = MaxSDUEffective
+	}
 	if allZero(t.MaxSDU) {
 		t.MaxSDU = nil
 	}
 	return t, nil
 }
 
-func (t *Taprio) decodeTCEntry(b []byte) error {
+// decodeTCEntry reads one TCA_TAPRIO_ATTR_TC_ENTRY into MaxSDU; fp reports
+// whether it carries the frame-preemption attribute (kernels that keep
+// limits per schedule).
+func (t *Taprio) decodeTCEntry(b []byte) (fp bool, err error) {
 	attrs, err := nl.ParseRouteAttr(b)
 	if err != nil {
-		return fmt.Errorf("parse taprio tc entry: %w", err)
+		return false, fmt.Errorf("parse taprio tc entry: %w", err)
 	}
 	index, sdu := -1, uint32(0)
 	for _, a := range attrs {
 		switch attrType(a) {
 		case tcaTaprioTCEntryIndex:
 			if err := need(a, 4, "taprio tc entry index"); err != nil {
-				return err
+				return false, err
 			}
 			index = int(native.Uint32(a.Value))
 		case tcaTaprioTCEntryMaxSDU:
 			if err := need(a, 4, "taprio tc entry max-sdu"); err != nil {
-				return err
+				return false, err
 			}
 			sdu = native.Uint32(a.Value)
+		case tcaTaprioTCEntryFP:
+			fp = true
 		}
 	}
 	if index < 0 || index >= MaxTrafficClasses {
-		return fmt.Errorf("taprio tc entry: bad index %d", index)
+		return false, fmt.Errorf("taprio tc entry: bad index %d", index)
 	}
 	for len(t.MaxSDU) <= index {
 		t.MaxSDU = append(t.MaxSDU, 0)
 	}
 	t.MaxSDU[index] = sdu
-	return nil
+	return fp, nil
 }
 
 func (t *Taprio) decodeSchedule(attrs []syscall.NetlinkRouteAttr) error {

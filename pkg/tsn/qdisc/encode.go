@@ -27,6 +27,7 @@ const (
 	tcaTaprioSchedEntryInterval           = 4
 	tcaTaprioTCEntryIndex                 = 1
 	tcaTaprioTCEntryMaxSDU                = 2
+	tcaTaprioTCEntryFP                    = 3
 	taprioFlagTxtimeAssist         uint32 = 1 << 0
 	taprioFlagFullOffload          uint32 = 1 << 1
 

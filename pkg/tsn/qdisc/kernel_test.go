@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -363,19 +364,79 @@ func TestKernelInvalidConfigTouchesNothing(t *testing.T) {
 	}
 }
 
-// Per-class max SDU (TCA_TAPRIO_ATTR_TC_ENTRY) is on 6.1: it reads back, with
-// zeros for the classes left unlimited.
+// Per-class max SDU (TCA_TAPRIO_ATTR_TC_ENTRY) reads back, with zeros for the
+// classes left unlimited. 6.1 reports the limits as set at once; 6.12 only
+// those of the running schedule, so nothing before the base time.
 func TestKernelTaprioMaxSDU(t *testing.T) {
 	n := newTestNIC(t, 4)
 	n.requireKinds(t, "taprio")
 	q := vmTaprio(t)
 	q.MaxSDU = []uint32{0, 1500, 200}
 	mustApply(t, n, Config{Root: q})
-	s := n.snapshot(t)
-	wantRoot(t, s, "taprio", MakeHandle(0x7a50, 0), q)
-	got := s.Root.Qdisc.(*Taprio).MaxSDU
-	if len(got) < 3 || got[1] != 1500 || got[2] != 200 {
-		t.Fatalf("max SDU read back %v", got)
+	wantRoot(t, n.snapshot(t), "taprio", MakeHandle(0x7a50, 0), q)
+	got := runningTaprio(t, n, q)
+	t.Logf("max SDU read back once the schedule runs: %v (%s)", got.MaxSDU, got.MaxSDUReport())
+	if got.MaxSDUReport() == MaxSDUUnknown || len(got.MaxSDU) < 3 || got.MaxSDU[1] != 1500 || got.MaxSDU[2] != 200 {
+		t.Fatalf("max SDU read back %v (%s), want [0 1500 200]", got.MaxSDU, got.MaxSDUReport())
+	}
+	// Still as wanted: applying again changes nothing (a new qdisc would take
+	// the other handle).
+	mustApply(t, n, Config{Root: q})
+	wantRoot(t, n.snapshot(t), "taprio", MakeHandle(0x7a50, 0), q)
+}
+
+// 6.12 lowers a class's limit to the longest frame its gate window lets
+// through at the link speed (a 10 us window at the veth's 10 Gbit/s: 12500
+// bytes less the Ethernet header), and reports that. Apply's comparison
+// knows, so the schedule is still as wanted; 6.1 reports the limits as set.
+func TestKernelTaprioMaxSDUWindow(t *testing.T) {
+	n := newTestNIC(t, 4)
+	n.requireKinds(t, "taprio")
+	q := vmTaprio(t)
+	q.Entries = []GateEntry{{GateSet, 0x1, 300000}, {GateSet, 0x2, 300000}, {GateSet, 0x4, 10000}}
+	q.MaxSDU = []uint32{0, 1500}
+	mustApply(t, n, Config{Root: q})
+	got := runningTaprio(t, n, q)
+	rate := n.client.linkRate(n.name)
+	t.Logf("max SDU read back once the schedule runs: %v (%s); link %s", got.MaxSDU, got.MaxSDUReport(), rate)
+	switch got.MaxSDUReport() {
+	case MaxSDUEffective:
+		win, ok := windowMaxSDU(q, 2, rate)
+		if !ok || len(got.MaxSDU) < 3 || got.MaxSDU[1] != 1500 || got.MaxSDU[2] != win {
+			t.Fatalf("effective max SDU %v, want [0 1500 %d]", got.MaxSDU, win)
+		}
+	case MaxSDUAsSet:
+		if len(got.MaxSDU) < 2 || got.MaxSDU[1] != 1500 || (len(got.MaxSDU) > 2 && got.MaxSDU[2] != 0) {
+			t.Fatalf("max SDU as set %v, want [0 1500]", got.MaxSDU)
+		}
+	default:
+		t.Fatalf("max SDU %s once the schedule runs", got.MaxSDUReport())
+	}
+	mustApply(t, n, Config{Root: q})
+	wantRoot(t, n.snapshot(t), "taprio", MakeHandle(0x7a50, 0), nil)
+}
+
+// runningTaprio waits until q's base time has passed (so the schedule is
+// the running one) and returns the root as decoded then.
+func runningTaprio(t *testing.T, n *testNIC, q *Taprio) *Taprio {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		now, err := NowTAI()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now > q.BaseTime+2*q.CycleDuration() {
+			s := n.snapshot(t)
+			got, ok := s.Root.Qdisc.(*Taprio)
+			if !ok {
+				t.Fatalf("root is %v, want taprio", s.Root)
+			}
+			if got.MaxSDUReport() != MaxSDUUnknown || time.Now().After(deadline) {
+				return got
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

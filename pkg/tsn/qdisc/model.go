@@ -121,9 +121,50 @@ type Taprio struct {
 	// TxTimeDelay in ns is the assumed time from enqueue to the wire (txtime-assist only).
 	TxTimeDelay uint32
 	// MaxSDU[tc] is the largest frame traffic class tc may send, 0 = no limit.
-	// nil sends nothing, which the kernel also reads as no limits.
+	// nil sends nothing, which the kernel also reads as no limits. In a
+	// decoded taprio it is what the kernel reports, which depends on the
+	// kernel: see MaxSDUReport.
 	MaxSDU []uint32
+
+	// maxSDU says what MaxSDU of a decoded taprio holds; the zero value (a
+	// model built by a caller, a 6.1 dump) is the limits asked for.
+	maxSDU MaxSDUReport
 }
+
+// MaxSDUReport says what the MaxSDU of a taprio read from the kernel holds.
+type MaxSDUReport uint8
+
+const (
+	// MaxSDUAsSet: the limits asked for. 6.1 dumps the qdisc's limits
+	// whatever the state of its schedules.
+	MaxSDUAsSet MaxSDUReport = iota
+	// MaxSDUEffective: the limits the running (oper) schedule enforces,
+	// which newer kernels (6.12: their tc entries carry the frame-preemption
+	// attribute) dump: per class the smaller of the limit asked for and the
+	// longest frame the class's longest gate window lets through at the link
+	// speed.
+	MaxSDUEffective
+	// MaxSDUUnknown: the dump does not tell. Newer kernels dump limits only
+	// for the running schedule: before the base time there is none, and while
+	// a new (admin) schedule is pending the dumped limits are the old one's.
+	MaxSDUUnknown
+)
+
+func (r MaxSDUReport) String() string {
+	switch r {
+	case MaxSDUAsSet:
+		return "as set"
+	case MaxSDUEffective:
+		return "effective"
+	case MaxSDUUnknown:
+		return "unknown"
+	}
+	return fmt.Sprintf("MaxSDUReport(%d)", uint8(r))
+}
+
+// MaxSDUReport says what MaxSDU holds; for a model built by a caller,
+// MaxSDUAsSet.
+func (t *Taprio) MaxSDUReport() MaxSDUReport { return t.maxSDU }
 
 // ETF is the etf qdisc (earliest txtime first): it holds each packet until its
 // launch time (skb->tstamp) minus Delta.
