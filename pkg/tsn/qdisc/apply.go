@@ -207,6 +207,11 @@ func (c *Client) apply(ctx context.Context, link Link, prev State, cfg Config) e
 			return err
 		}
 	}
+	if len(cfg.Children) > 0 {
+		if err := c.restartGates(link.Index, handle, cfg.Root); err != nil {
+			return err
+		}
+	}
 	now, err := c.Snapshot(link)
 	if err != nil {
 		return fmt.Errorf("read back: %w", err)
@@ -215,6 +220,28 @@ func (c *Client) apply(ctx context.Context, link Link, prev State, cfg Config) e
 		return fmt.Errorf("read back: %w", err)
 	}
 	logger.Info("Applied qdiscs", "device", link.Name, "root", cfg.Root.Kind(), "handle", handle, "children", len(cfg.Children))
+	return nil
+}
+
+// restartGates starts the gate schedule of a software taprio at handle again
+// after children were grafted under it. Grafting a child under taprio
+// deactivates the device (taprio_graft), which resets taprio, and taprio's
+// reset cancels the timer that advances its gates; nothing starts it again:
+// 6.1 then runs with every gate open, 6.12 with every gate shut
+// (TestKernelTaprioRunsWithChildren). Changing the qdisc with the same
+// schedule starts the timer at the schedule's next cycle. The timer was
+// stopped just now, before or a few milliseconds after the base time, so
+// the kernel has (almost) no missed gate entries to step through. Other
+// roots, txtime-assist taprio (its gates need no timer) and full offload
+// are left alone.
+func (c *Client) restartGates(ifindex int, handle Handle, root Qdisc) error {
+	t, ok := root.(*Taprio)
+	if !ok || !t.NeedsGateTimer() {
+		return nil
+	}
+	if err := c.Replace(ifindex, handle, HandleRoot, t); err != nil {
+		return fmt.Errorf("restart the gate schedule after adding child qdiscs: %w", err)
+	}
 	return nil
 }
 
@@ -293,6 +320,11 @@ func (c *Client) Restore(ctx context.Context, link Link, s State) error {
 		}
 		for _, q := range s.Children {
 			if err := c.recreate(link.Index, q); err != nil {
+				return err
+			}
+		}
+		if len(s.Children) > 0 && s.Root.Qdisc != nil {
+			if err := c.restartGates(link.Index, s.Root.Handle, s.Root.Qdisc); err != nil {
 				return err
 			}
 		}

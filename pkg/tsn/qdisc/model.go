@@ -166,6 +166,12 @@ func (r MaxSDUReport) String() string {
 // MaxSDUAsSet.
 func (t *Taprio) MaxSDUReport() MaxSDUReport { return t.maxSDU }
 
+// NeedsGateTimer reports whether the kernel advances this taprio's gates with
+// a software timer: not in full offload (the NIC does), nor with
+// txtime-assist (launch times are computed from the base time and cycle as
+// packets arrive). Only such a taprio stops when the device is deactivated.
+func (t *Taprio) NeedsGateTimer() bool { return !t.FullOffload && !t.TxTimeAssist }
+
 // ETF is the etf qdisc (earliest txtime first): it holds each packet until its
 // launch time (skb->tstamp) minus Delta.
 type ETF struct {
