@@ -245,8 +245,11 @@ func testMapBounded(t *testing.T, opts ...datapath.Option) {
 	if tot.Missed == 0 || tot.Saved+tot.Missed < floodCount || tot.Saved+tot.Missed > floodCount+8 {
 		t.Errorf("want the flood past the quota counted as missed: %+v", tot)
 	}
-	if r := waitTotal(t, obs, 10, uint64(goodSent)); r.Right != uint64(goodSent) || r.Wrong != 0 {
-		t.Errorf("other pod during the flood: want %d right, got %+v", goodSent, r)
+	r := waitTotal(t, obs, 10, uint64(goodSent))
+	gc, _ := m.Counters("good")
+	t.Logf("other pod during the flood: %+v, its counters %+v", r, gc.Total())
+	if r.Right != uint64(goodSent) || r.Wrong != 0 {
+		t.Errorf("other pod during the flood: want %d right, got %+v (its counters %+v)", goodSent, r, gc.Total())
 	}
 
 	// Everything the flooder saved expires (TTL 300ms, GC every 100ms).
