@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/datapathtest"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/internal/hook"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
 )
@@ -26,16 +27,16 @@ import (
 //
 // b.N is the number of packets per phase; make bench-datapath uses 40000.
 func BenchmarkDatapath(b *testing.B) {
-	needRoot(b)
+	datapathtest.NeedRoot(b)
 	ctx := testCtx(b)
-	n := newNode(b, netemu.Routed, 1)
-	m := openManager(b, n, pinDir(b), benchOpts()...)
+	n := datapathtest.NewNode(b, netemu.Routed, 1)
+	m := openManager(b, n, datapathtest.PinDir(b, pinPrefix), benchOpts()...)
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		b.Skipf("BPF run statistics: %v", err)
 	}
 	defer stats.Close()
-	obs := attachObserver(b, n, m.Mode())
+	obs := datapathtest.AttachObserver(b, n, m.Mode())
 	empty := attachEmpty(b, n, m.Mode())
 	pod := n.Pods[0]
 	s := newSender(b, pod.Netns, n)
@@ -108,11 +109,11 @@ func BenchmarkDatapath(b *testing.B) {
 	}
 	b.StopTimer()
 
-	res := waitTotal(b, obs, 1, sentWith)
+	res := datapathtest.WaitTotal(b, obs, 1, sentWith, waitLimit)
 	if res.Right != sentWith || res.Wrong != 0 {
 		b.Errorf("with the proxy: want %d right and 0 wrong, got %+v", sentWith, res)
 	}
-	without := waitTotal(b, obs, 3, sentWith)
+	without := datapathtest.WaitTotal(b, obs, 3, sentWith, waitLimit)
 	pkts := time.Duration(per * rounds)
 	b.ReportMetric(float64(saver.PerRun()), "saver-ns/pkt")
 	b.ReportMetric(float64(restorer.PerRun()), "restorer-ns/pkt")
@@ -138,7 +139,7 @@ func BenchmarkDatapath(b *testing.B) {
 // BenchmarkAttachSaver measures AttachSaver for a new pod (the NRI hook's
 // cost) with prepared programs, for TCX and tc attachment of the saver.
 func BenchmarkAttachSaver(b *testing.B) {
-	needRoot(b)
+	datapathtest.NeedRoot(b)
 	for _, mode := range []datapath.AttachMode{datapath.ModeTCX, datapath.ModeTC} {
 		b.Run(string(mode), func(b *testing.B) {
 			f, err := datapath.ProbeFeatures()
@@ -149,8 +150,8 @@ func BenchmarkAttachSaver(b *testing.B) {
 				b.Skip("kernel has no TCX")
 			}
 			ctx := testCtx(b)
-			n := newNode(b, netemu.Routed, 1)
-			m := openManager(b, n, pinDir(b), datapath.WithSaverAttachMode(mode))
+			n := datapathtest.NewNode(b, netemu.Routed, 1)
+			m := openManager(b, n, datapathtest.PinDir(b, pinPrefix), datapath.WithSaverAttachMode(mode))
 			pod := n.Pods[0]
 			var took []time.Duration
 			for i := 0; i < max(b.N, 20); i++ {

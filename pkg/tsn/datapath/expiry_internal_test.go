@@ -26,13 +26,11 @@ func coarseUnits(t *testing.T) uint32 {
 	return uint32(uint64(ts.Nano()) >> 20)
 }
 
-// TestExpiryAge pins down the age rule the expiry sweep (and the saver's
-// reuse of expired ways) applies: an entry saved after the sweep read the
-// clock (a saver on another CPU, a tick later, while a long pass runs) is
-// young, not 2^32 units old. Before this rule a live entry could be freed
-// microseconds after it was saved; under qemu TCG that cost a few restores per
-// run on 6.1 (docs/datapath.md).
-func TestExpiryAge(t *testing.T) {
+// openForSweep opens a manager on a pin directory of its own (in the host's
+// network namespace: these tests send no packets), uninstalled at the end of
+// the test; it skips without root or bpffs.
+func openForSweep(t *testing.T, opts ...Option) *Manager {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: loads eBPF")
 	}
@@ -45,14 +43,24 @@ func TestExpiryAge(t *testing.T) {
 	base := filepath.Join("/sys/fs/bpf", "tsn-test-"+hex.EncodeToString(b))
 	t.Cleanup(func() { _ = os.RemoveAll(base) })
 	_, ctx := ktesting.NewTestContext(t)
-	const ttl = 100 * time.Millisecond
-	// The sweep is run by hand below: its own ticker never fires.
-	m, err := Open(ctx, WithPinDir(filepath.Join(base, "v1")), WithMaxPods(1), WithQuota(8),
-		WithTTL(ttl), WithGCInterval(time.Hour), WithKernelTimer(false), WithPreparedSavers(0))
+	m, err := Open(ctx, append([]Option{WithPinDir(filepath.Join(base, "v1"))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = m.Uninstall(context.Background()) })
+	return m
+}
+
+// TestExpiryAge pins down the age rule the expiry sweep (and the saver's
+// reuse of expired ways) applies: an entry saved after the sweep read the
+// clock (a saver on another CPU, a tick later, while a long pass runs) is
+// young, not 2^32 units old. Before this rule a live entry could be freed
+// microseconds after it was saved; under qemu TCG that cost a few restores per
+// run on 6.1 (docs/datapath.md).
+func TestExpiryAge(t *testing.T) {
+	const ttl = 100 * time.Millisecond
+	// The sweep is run by hand below: its own ticker never fires.
+	m := openForSweep(t, WithMaxPods(1), WithQuota(8), WithTTL(ttl), WithGCInterval(time.Hour), WithKernelTimer(false), WithPreparedSavers(0))
 	var slot bpf.TsnTsnSlot
 	if err := m.maps[bpf.TsnMapTsnSlots].Lookup(uint32(0), &slot); err != nil {
 		t.Fatal(err)
@@ -100,23 +108,7 @@ func TestExpiryAge(t *testing.T) {
 // default size takes on this kernel: the window in which a saver could meet
 // the sweep's clock reading from the past (TestExpiryAge).
 func TestExpirySweepTime(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loads eBPF")
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
-		t.Skip("bpffs is not mounted at /sys/fs/bpf")
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	base := filepath.Join("/sys/fs/bpf", "tsn-test-"+hex.EncodeToString(b))
-	t.Cleanup(func() { _ = os.RemoveAll(base) })
-	_, ctx := ktesting.NewTestContext(t)
-	m, err := Open(ctx, WithPinDir(filepath.Join(base, "v1")), WithGCInterval(time.Hour), WithKernelTimer(false), WithPreparedSavers(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = m.Uninstall(context.Background()) })
+	m := openForSweep(t, WithGCInterval(time.Hour), WithKernelTimer(false), WithPreparedSavers(0))
 	_, d, err := m.sweep.Benchmark(probePacket(), 20, nil)
 	if err != nil {
 		t.Fatal(err)

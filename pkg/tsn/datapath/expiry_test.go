@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/datapathtest"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
 )
 
@@ -13,17 +14,17 @@ import (
 // packet is still on its way (well within the TTL), with the kernel timer and
 // with the manager's sweep. (TestExpiryAge pins down the rule behind it.)
 func TestExpiryKeepsLiveEntries(t *testing.T) {
-	needRoot(t)
+	datapathtest.NeedRoot(t)
 	for _, tc := range []struct {
 		name  string
 		timer bool
 	}{{"timer", true}, {"sweep", false}} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testCtx(t)
-			n := newNode(t, netemu.Routed, 1)
+			n := datapathtest.NewNode(t, netemu.Routed, 1)
 			if tc.timer {
 				// Features.Timer is known once a manager has tried to arm it.
-				probe := openManager(t, n, pinDir(t))
+				probe := openManager(t, n, datapathtest.PinDir(t, pinPrefix))
 				has := probe.Features().Timer
 				if err := probe.Uninstall(ctx); err != nil {
 					t.Fatal(err)
@@ -32,11 +33,11 @@ func TestExpiryKeepsLiveEntries(t *testing.T) {
 					t.Skip("the kernel refuses bpf_timer (PREEMPT_RT): expiry runs as the manager's sweep, tested by the sweep subtest")
 				}
 			}
-			m := openManager(t, n, pinDir(t), datapath.WithGCInterval(time.Millisecond), datapath.WithKernelTimer(tc.timer))
+			m := openManager(t, n, datapathtest.PinDir(t, pinPrefix), datapath.WithGCInterval(time.Millisecond), datapath.WithKernelTimer(tc.timer))
 			if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
 				t.Fatal(err)
 			}
-			obs := attachObserver(t, n, m.Mode())
+			obs := datapathtest.AttachObserver(t, n, m.Mode())
 			pod := n.Pods[0]
 			if err := m.AttachSaver(ctx, "pod-a", pod.Netns, pod.Ifname, allowAll); err != nil {
 				t.Fatal(err)
@@ -45,7 +46,7 @@ func TestExpiryKeepsLiveEntries(t *testing.T) {
 			const count = 20000
 			start := time.Now()
 			withMeta := sendMix(t, s, obs, 1, count)
-			r := waitTotal(t, obs, 1, count)
+			r := datapathtest.WaitTotal(t, obs, 1, count, waitLimit)
 			c, err := m.Counters("pod-a")
 			if err != nil {
 				t.Fatal(err)

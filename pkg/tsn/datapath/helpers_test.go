@@ -2,10 +2,6 @@ package datapath_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,49 +14,17 @@ import (
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/observe"
 )
 
-func needRoot(t testing.TB) {
-	t.Helper()
-	if os.Getenv("TSN_SKIP_ROOT_TESTS") != "" {
-		t.Skip("TSN_SKIP_ROOT_TESTS is set")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces and loads eBPF (run with sudo)")
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
-		t.Skip("bpffs is not mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")
-	}
-}
+// pinPrefix starts the name of every pin directory these tests make
+// (datapathtest.PinDir), so that a leftover says where it came from.
+const pinPrefix = "tsn-test-"
+
+// waitLimit is how long a test waits for the observer to see all the packets
+// it sent (datapathtest.WaitTotal).
+const waitLimit = 5 * time.Second
 
 func testCtx(t testing.TB) context.Context {
 	_, ctx := ktesting.NewTestContext(t)
 	return ctx
-}
-
-func randHex() string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// pinDir is a unique pin directory, removed at the end of the test.
-func pinDir(t testing.TB) string {
-	base := filepath.Join("/sys/fs/bpf", "tsn-test-"+randHex())
-	t.Cleanup(func() { _ = os.RemoveAll(base) })
-	return filepath.Join(base, "v1")
-}
-
-func newNode(t testing.TB, topo netemu.Topology, pods int) *netemu.Node {
-	t.Helper()
-	if err := netemu.Available(topo); err != nil {
-		t.Skipf("topology %s: %v", topo, err)
-	}
-	n, err := netemu.New(topo, pods)
-	if err != nil {
-		t.Fatalf("build node: %v", err)
-	}
-	t.Cleanup(n.Close)
-	return n
 }
 
 func openManager(t testing.TB, n *netemu.Node, dir string, opts ...datapath.Option) *datapath.Manager {
@@ -80,16 +44,6 @@ func openManager(t testing.TB, n *netemu.Node, dir string, opts ...datapath.Opti
 }
 
 func isClosed(err error) bool { return err != nil && err.Error() == "datapath manager is closed" }
-
-func attachObserver(t testing.TB, n *netemu.Node, mode datapath.AttachMode) *observe.Observer {
-	t.Helper()
-	o, err := observe.Attach(n.HostNetns, netemu.NIC, mode)
-	if err != nil {
-		t.Fatalf("observer: %v", err)
-	}
-	t.Cleanup(func() { _ = o.Close() })
-	return o
-}
 
 func newSender(t testing.TB, netnsPath string, n *netemu.Node) *netemu.Sender {
 	t.Helper()
@@ -205,20 +159,4 @@ func sendMix(t testing.TB, s *netemu.Sender, o *observe.Observer, tag uint32, co
 	}
 	p.log()
 	return withMeta
-}
-
-// waitTotal waits until the observer saw want packets of the flow.
-func waitTotal(t testing.TB, o *observe.Observer, tag uint32, want uint64) observe.Result {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		r, err := o.Result(tag)
-		if err != nil {
-			t.Fatalf("observer: %v", err)
-		}
-		if r.Total >= want || time.Now().After(deadline) {
-			return r
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/datapathtest"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/internal/hook"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
 )
@@ -33,12 +34,12 @@ func modes(t *testing.T) []datapath.AttachMode {
 // TestRestartMidTraffic: a new manager adopts the pinned maps, restorer and
 // savers of one that went away while a pod was sending: no restore is lost.
 func TestRestartMidTraffic(t *testing.T) {
-	needRoot(t)
+	datapathtest.NeedRoot(t)
 	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			ctx := testCtx(t)
-			n := newNode(t, netemu.Routed, 1)
-			dir := pinDir(t)
+			n := datapathtest.NewNode(t, netemu.Routed, 1)
+			dir := datapathtest.PinDir(t, pinPrefix)
 			opts := []datapath.Option{datapath.WithPinDir(dir), datapath.WithNetns(n.HostNetns), datapath.WithAttachMode(mode)}
 			m1, err := datapath.Open(ctx, opts...)
 			if err != nil {
@@ -47,7 +48,7 @@ func TestRestartMidTraffic(t *testing.T) {
 			if err := m1.EnsureRestorer(ctx, netemu.NIC); err != nil {
 				t.Fatal(err)
 			}
-			obs := attachObserver(t, n, mode)
+			obs := datapathtest.AttachObserver(t, n, mode)
 			pod := n.Pods[0]
 			policy := datapath.Policy{Allowed: []uint32{1, 2, 3, 4, 5, 6, 7}, Remap: map[uint32]uint32{7: 6}}
 			if err := m1.AttachSaver(ctx, "pod-a", pod.Netns, pod.Ifname, allowAll); err != nil {
@@ -102,7 +103,7 @@ func TestRestartMidTraffic(t *testing.T) {
 				t.Fatal(err)
 			}
 			wg.Wait()
-			r := waitTotal(t, obs, 1, count)
+			r := datapathtest.WaitTotal(t, obs, 1, count, waitLimit)
 			t.Logf("closed after %d packets; %+v", atClose, r)
 			c, err := m2.Counters("pod-a")
 			if err != nil {
@@ -129,12 +130,12 @@ func TestRestartMidTraffic(t *testing.T) {
 // TestDetachAndUninstall: detaching leaves nothing behind, tolerates a pod
 // namespace that is gone, and a failed attach changes nothing.
 func TestDetachAndUninstall(t *testing.T) {
-	needRoot(t)
+	datapathtest.NeedRoot(t)
 	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			ctx := testCtx(t)
-			n := newNode(t, netemu.Routed, 2)
-			dir := pinDir(t)
+			n := datapathtest.NewNode(t, netemu.Routed, 2)
+			dir := datapathtest.PinDir(t, pinPrefix)
 			m, err := datapath.Open(ctx, datapath.WithPinDir(dir), datapath.WithNetns(n.HostNetns), datapath.WithAttachMode(mode))
 			if err != nil {
 				t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/datapathtest"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
 )
 
@@ -36,14 +37,14 @@ func TestPolicyValidate(t *testing.T) {
 // TestPolicyDemoteRemapDrop: a pod is held to what it claimed; the rest is
 // demoted (or dropped) and counted, per application priority.
 func TestPolicyDemoteRemapDrop(t *testing.T) {
-	needRoot(t)
+	datapathtest.NeedRoot(t)
 	ctx := testCtx(t)
-	n := newNode(t, netemu.Routed, 2)
-	m := openManager(t, n, pinDir(t))
+	n := datapathtest.NewNode(t, netemu.Routed, 2)
+	m := openManager(t, n, datapathtest.PinDir(t, pinPrefix))
 	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
 		t.Fatal(err)
 	}
-	obs := attachObserver(t, n, m.Mode())
+	obs := datapathtest.AttachObserver(t, n, m.Mode())
 
 	demote := datapath.Policy{Allowed: []uint32{2, 3}, Remap: map[uint32]uint32{3: 5}, Action: datapath.ActionDemote, DefaultPriority: 1}
 	drop := datapath.Policy{Allowed: []uint32{2}, Action: datapath.ActionDrop}
@@ -77,12 +78,12 @@ func TestPolicyDemoteRemapDrop(t *testing.T) {
 		}
 	}
 	for p := range wantA {
-		r := waitTotal(t, obs, tagA(p), per)
+		r := datapathtest.WaitTotal(t, obs, tagA(p), per, waitLimit)
 		if r.Right != per || r.Wrong != 0 {
 			t.Errorf("demote pod, priority %d: want %d right, got %+v", p, per, r)
 		}
 	}
-	if r := waitTotal(t, obs, 202, per); r.Right != per {
+	if r := datapathtest.WaitTotal(t, obs, 202, per, waitLimit); r.Right != per {
 		t.Errorf("drop pod, allowed priority 2: want %d right, got %+v", per, r)
 	}
 	time.Sleep(100 * time.Millisecond)
@@ -123,7 +124,7 @@ func TestPolicyDemoteRemapDrop(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if r := waitTotal(t, obs, 304, per); r.Right != per {
+	if r := datapathtest.WaitTotal(t, obs, 304, per, waitLimit); r.Right != per {
 		t.Errorf("after policy update, priority 4: want %d right, got %+v", per, r)
 	}
 	savers, err := m.Savers()
@@ -135,14 +136,14 @@ func TestPolicyDemoteRemapDrop(t *testing.T) {
 // TestOtherTrafficUntouched: packets of the host and of pods without a saver,
 // sent at the same time as a claimed pod's, never carry its metadata at tsn0.
 func TestOtherTrafficUntouched(t *testing.T) {
-	needRoot(t)
+	datapathtest.NeedRoot(t)
 	ctx := testCtx(t)
-	n := newNode(t, netemu.Routed, 2)
-	m := openManager(t, n, pinDir(t))
+	n := datapathtest.NewNode(t, netemu.Routed, 2)
+	m := openManager(t, n, datapathtest.PinDir(t, pinPrefix))
 	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
 		t.Fatal(err)
 	}
-	obs := attachObserver(t, n, m.Mode())
+	obs := datapathtest.AttachObserver(t, n, m.Mode())
 	claimed, other := n.Pods[0], n.Pods[1]
 	if err := m.AttachSaver(ctx, "claimed", claimed.Netns, claimed.Ifname, allowAll); err != nil {
 		t.Fatal(err)
@@ -168,7 +169,7 @@ func TestOtherTrafficUntouched(t *testing.T) {
 		p.add()
 	}
 	for tag, name := range map[uint32]string{1: "claimed pod", 2: "pod without saver", 3: "host"} {
-		r := waitTotal(t, obs, tag, count)
+		r := datapathtest.WaitTotal(t, obs, tag, count, waitLimit)
 		t.Logf("%s: %+v", name, r)
 		if r.Total != count || r.Right != count || r.Wrong != 0 {
 			t.Errorf("%s: want %d right and 0 wrong, got %+v", name, count, r)
@@ -183,22 +184,22 @@ func TestOtherTrafficUntouched(t *testing.T) {
 // Expiry runs on a bpf_timer where the kernel allows it, and on a sweep the
 // manager runs where it does not (PREEMPT_RT): the "sweep" subtest forces it.
 func TestMapBounded(t *testing.T) {
-	needRoot(t)
+	datapathtest.NeedRoot(t)
 	t.Run("default", func(t *testing.T) { testMapBounded(t) })
 	t.Run("sweep", func(t *testing.T) { testMapBounded(t, datapath.WithKernelTimer(false)) })
 }
 
 func testMapBounded(t *testing.T, opts ...datapath.Option) {
 	ctx := testCtx(t)
-	n := newNode(t, netemu.Routed, 2)
+	n := datapathtest.NewNode(t, netemu.Routed, 2)
 	const quota = 128
-	m := openManager(t, n, pinDir(t), append([]datapath.Option{datapath.WithQuota(quota), datapath.WithMaxPods(8),
+	m := openManager(t, n, datapathtest.PinDir(t, pinPrefix), append([]datapath.Option{datapath.WithQuota(quota), datapath.WithMaxPods(8),
 		datapath.WithTTL(300 * time.Millisecond), datapath.WithGCInterval(100 * time.Millisecond)}, opts...)...)
 	t.Logf("features %+v", m.Features())
 	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
 		t.Fatal(err)
 	}
-	obs := attachObserver(t, n, m.Mode())
+	obs := datapathtest.AttachObserver(t, n, m.Mode())
 	flood, good := n.Pods[0], n.Pods[1]
 	if err := m.AttachSaver(ctx, "flooder", flood.Netns, flood.Ifname, allowAll); err != nil {
 		t.Fatal(err)
@@ -245,7 +246,7 @@ func testMapBounded(t *testing.T, opts ...datapath.Option) {
 	if tot.Missed == 0 || tot.Saved+tot.Missed < floodCount || tot.Saved+tot.Missed > floodCount+8 {
 		t.Errorf("want the flood past the quota counted as missed: %+v", tot)
 	}
-	r := waitTotal(t, obs, 10, uint64(goodSent))
+	r := datapathtest.WaitTotal(t, obs, 10, uint64(goodSent), waitLimit)
 	gc, _ := m.Counters("good")
 	t.Logf("other pod during the flood: %+v, its counters %+v", r, gc.Total())
 	if r.Right != uint64(goodSent) || r.Wrong != 0 {
@@ -282,14 +283,14 @@ func testMapBounded(t *testing.T, opts ...datapath.Option) {
 // bytes from the same pod with other metadata poison the entry (a counted
 // miss, no restore); with the same metadata they share it.
 func TestIdenticalBytes(t *testing.T) {
-	needRoot(t)
+	datapathtest.NeedRoot(t)
 	ctx := testCtx(t)
-	n := newNode(t, netemu.Routed, 2)
-	m := openManager(t, n, pinDir(t), datapath.WithQuota(1024), datapath.WithMaxPods(4))
+	n := datapathtest.NewNode(t, netemu.Routed, 2)
+	m := openManager(t, n, datapathtest.PinDir(t, pinPrefix), datapath.WithQuota(1024), datapath.WithMaxPods(4))
 	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
 		t.Fatal(err)
 	}
-	obs := attachObserver(t, n, m.Mode())
+	obs := datapathtest.AttachObserver(t, n, m.Mode())
 	a, b := n.Pods[0], n.Pods[1]
 	if err := m.AttachSaver(ctx, "a", a.Netns, a.Ifname, allowAll); err != nil {
 		t.Fatal(err)
@@ -319,7 +320,7 @@ func TestIdenticalBytes(t *testing.T) {
 			t.Fatal(err)
 		}
 		send(s, first, prio, want)
-		r := waitTotal(t, obs, tag, count)
+		r := datapathtest.WaitTotal(t, obs, tag, count, waitLimit)
 		t.Logf("%s: %+v", name, r)
 		if r.Total != count || r.ByGot[want] != count {
 			t.Errorf("%s: want %d packets with priority %d at tsn0, got %+v", name, count, want, r)

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/datapathtest"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
 )
 
@@ -12,7 +13,7 @@ const packetsPerTopology = 2000
 // TestTopologies: on every pod network path, every packet leaves tsn0 with
 // the priority and launch time its application set: 100% restored, 0 wrong.
 func TestTopologies(t *testing.T) {
-	needRoot(t)
+	datapathtest.NeedRoot(t)
 	for _, topo := range netemu.All {
 		t.Run(string(topo), func(t *testing.T) { testTopology(t, topo) })
 	}
@@ -22,7 +23,7 @@ func TestTopologies(t *testing.T) {
 // the kernel < 6.11 launch time path on this kernel, on the paths most likely
 // to differ.
 func TestTopologiesLegacyAttach(t *testing.T) {
-	needRoot(t)
+	datapathtest.NeedRoot(t)
 	for _, topo := range []netemu.Topology{netemu.Routed, netemu.VXLAN, netemu.FloodBridge} {
 		t.Run(string(topo), func(t *testing.T) {
 			testTopology(t, topo, datapath.WithAttachMode(datapath.ModeTC), datapath.WithKernelClockTypes(false))
@@ -32,13 +33,13 @@ func TestTopologiesLegacyAttach(t *testing.T) {
 
 func testTopology(t *testing.T, topo netemu.Topology, opts ...datapath.Option) {
 	ctx := testCtx(t)
-	n := newNode(t, topo, 1)
-	m := openManager(t, n, pinDir(t), opts...)
+	n := datapathtest.NewNode(t, topo, 1)
+	m := openManager(t, n, datapathtest.PinDir(t, pinPrefix), opts...)
 	t.Logf("mode %s, features %+v", m.Mode(), m.Features())
 	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
 		t.Fatal(err)
 	}
-	obs := attachObserver(t, n, m.Mode())
+	obs := datapathtest.AttachObserver(t, n, m.Mode())
 	pod := n.Pods[0]
 	if err := m.AttachSaver(ctx, "pod-a", pod.Netns, pod.Ifname, allowAll); err != nil {
 		t.Fatal(err)
@@ -46,7 +47,7 @@ func testTopology(t *testing.T, topo netemu.Topology, opts ...datapath.Option) {
 	s := newSender(t, pod.Netns, n)
 	const tag = 1
 	withMeta := sendMix(t, s, obs, tag, packetsPerTopology)
-	r := waitTotal(t, obs, tag, packetsPerTopology)
+	r := datapathtest.WaitTotal(t, obs, tag, packetsPerTopology, waitLimit)
 	t.Logf("%s: total %d right %d missed %d wrong %d, launch times %d/%d, by priority %v",
 		topo, r.Total, r.Right, r.Missed, r.Wrong, r.TxTimeRight, r.TxTimeWanted, r.ByGot)
 	if r.Total != packetsPerTopology || r.Right != packetsPerTopology || r.Wrong != 0 {
