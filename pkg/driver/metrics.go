@@ -18,6 +18,8 @@ type Metrics struct {
 const (
 	rebuildResultRebuilt = "rebuilt"
 	rebuildResultLeftOut = "left_out"
+	// rebuildResultPodsFinished: none of the claim's pods is still live on this node.
+	rebuildResultPodsFinished = "pods_finished"
 )
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -50,11 +52,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		rebuiltClaims: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "tsn_dra", Name: "checkpoint_rebuilt_claims_total",
-			Help: "Claims of this node found while rebuilding the prepared state: rebuilt, or left_out because they no longer plan.",
+			Help: "Claims of this node found while rebuilding the prepared state: rebuilt, left_out because they no longer plan, or pods_finished because none of their pods is still running on this node.",
 		}, []string{"result"}),
 	}
 	m.rebuiltClaims.WithLabelValues(rebuildResultRebuilt)
 	m.rebuiltClaims.WithLabelValues(rebuildResultLeftOut)
+	m.rebuiltClaims.WithLabelValues(rebuildResultPodsFinished)
 	if reg != nil {
 		reg.MustRegister(m.prepareDuration, m.prepareErrors, m.statusErrors, m.preparedClaims, m.publishedDevices,
 			m.checkpointDamaged, m.rebuildPending, m.rebuiltClaims)

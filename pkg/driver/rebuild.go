@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/pager"
@@ -140,11 +141,14 @@ func (d *Driver) retryRebuild(ctx context.Context) {
 	}
 }
 
-// rebuildFromAPI reads the claims allocated to this node's pool and reserved for pods, plans
-// each as Prepare does, and writes the result as the new checkpoint. A claim that does not plan
-// (its device or NIC is gone, the node config changed) is reported on the claim and left out. With
-// callHooks, the data-path hooks take each rebuilt claim before the state counts as known (New's
-// caller resumes them itself when the rebuild happens inside New).
+// rebuildFromAPI reads the claims allocated to this node's pool and reserved for pods, keeps
+// those with a pod still live on this node (see livePods), plans each as Prepare does, and writes
+// the result as the new checkpoint. A claim whose pods have all finished or left was unprepared
+// by the kubelet before the restart, or will never be prepared again: it is skipped (logged and
+// counted, nothing is wrong with it). A claim that does not plan (its device or NIC is gone, the
+// node config changed) is reported on the claim and left out. With callHooks, the data-path hooks
+// take each rebuilt claim before the state counts as known (New's caller resumes them itself when
+// the rebuild happens inside New).
 func (d *Driver) rebuildFromAPI(ctx context.Context, callHooks bool) error {
 	logger := klog.FromContext(ctx)
 	start := time.Now()
@@ -152,12 +156,7 @@ func (d *Driver) rebuildFromAPI(ctx context.Context, callHooks bool) error {
 	inv := d.inv
 	d.mu.Unlock()
 
-	claims := map[types.UID]PreparedClaim{}
-	type leftOut struct {
-		claim *resourceapi.ResourceClaim
-		err   error
-	}
-	var left []leftOut
+	var candidates []*resourceapi.ResourceClaim
 	p := pager.New(pager.SimplePageFunc(func(opts metav1.ListOptions) (runtime.Object, error) {
 		return d.opts.KubeClient.ResourceV1().ResourceClaims("").List(ctx, opts)
 	}))
@@ -165,20 +164,44 @@ func (d *Driver) rebuildFromAPI(ctx context.Context, callHooks bool) error {
 	seen := 0
 	err := p.EachListItem(ctx, metav1.ListOptions{}, func(obj runtime.Object) error {
 		seen++
-		c, ok := obj.(*resourceapi.ResourceClaim)
-		if !ok || !d.allocatedHere(c) {
-			return nil
+		if c, ok := obj.(*resourceapi.ResourceClaim); ok && d.allocatedHere(c) {
+			candidates = append(candidates, c.DeepCopy())
 		}
-		pc, err := planClaim(c, d.opts.DriverName, d.pool, inv)
-		if err != nil {
-			left = append(left, leftOut{c.DeepCopy(), err})
-			return nil
-		}
-		claims[pc.UID] = *pc
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("list ResourceClaims: %w", err)
+	}
+	// The pods are read after the claims: a pod prepared before this restart already existed
+	// when the claims were read, and nothing is prepared while the state is unknown.
+	var pods *nodePods
+	if len(candidates) > 0 {
+		if pods, err = d.listNodePods(ctx); err != nil {
+			return fmt.Errorf("list the pods of node %s: %w", d.opts.NodeName, err)
+		}
+	}
+
+	claims := map[types.UID]PreparedClaim{}
+	type leftOut struct {
+		claim *resourceapi.ResourceClaim
+		err   error
+	}
+	var left []leftOut
+	var finished []string
+	for _, c := range candidates {
+		if why, live := pods.live(c); !live {
+			ref := klog.KObj(c)
+			finished = append(finished, ref.String())
+			logger.Info("Claim of this node not rebuilt: none of its pods is still running here, so the kubelet has unprepared it or never will",
+				"claim", ref, "pods", why)
+			continue
+		}
+		pc, err := planClaim(c, d.opts.DriverName, d.pool, inv)
+		if err != nil {
+			left = append(left, leftOut{c, err})
+			continue
+		}
+		claims[pc.UID] = *pc
 	}
 	if err := d.state.replace(claims); err != nil {
 		return fmt.Errorf("write the rebuilt checkpoint: %w", err)
@@ -186,6 +209,7 @@ func (d *Driver) rebuildFromAPI(ctx context.Context, callHooks bool) error {
 	d.metrics.preparedClaims.Set(float64(len(claims)))
 	d.metrics.rebuiltClaims.WithLabelValues(rebuildResultRebuilt).Add(float64(len(claims)))
 	d.metrics.rebuiltClaims.WithLabelValues(rebuildResultLeftOut).Add(float64(len(left)))
+	d.metrics.rebuiltClaims.WithLabelValues(rebuildResultPodsFinished).Add(float64(len(finished)))
 
 	rebuilt := d.state.PreparedClaims()
 	if callHooks && d.opts.Hooks != nil {
@@ -208,6 +232,7 @@ func (d *Driver) rebuildFromAPI(ctx context.Context, callHooks bool) error {
 	sort.Slice(left, func(i, j int) bool {
 		return left[i].claim.Namespace+"/"+left[i].claim.Name < left[j].claim.Namespace+"/"+left[j].claim.Name
 	})
+	sort.Strings(finished)
 	var leftNames []string
 	for _, l := range left {
 		ref := klog.KObj(l.claim)
@@ -219,15 +244,92 @@ func (d *Driver) rebuildFromAPI(ctx context.Context, callHooks bool) error {
 	}
 	r := d.rebuild
 	logger.Info("Rebuilt the prepared state from the API server", "claims", len(claims), "claimNames", names,
-		"leftOut", leftNames, "claimsListed", seen, "damagedCheckpointKeptAs", r.keptAs, "duration", time.Since(start))
+		"leftOut", leftNames, "podsFinished", finished, "claimsListed", seen, "podsListed", pods.count(),
+		"damagedCheckpointKeptAs", r.keptAs, "duration", time.Since(start))
 
 	msg := fmt.Sprintf("checkpoint %s was damaged (%v) and is kept as %s; rebuilt %d prepared claims from the API server",
 		r.damage.path, r.damage.err, r.keptAs, len(claims))
+	if len(finished) > 0 {
+		// Only the count: the names are in the log, and the Event's room is for what needs a look.
+		msg += fmt.Sprintf(", %d skipped because their pods have finished or left the node", len(finished))
+	}
 	if len(left) > 0 {
 		msg += fmt.Sprintf(", %d left out because they no longer plan: %s", len(left), strings.Join(leftNames, ", "))
 	}
 	d.postEvent(ctx, d.nodeRef(ctx), corev1.EventTypeWarning, "CheckpointRebuilt", msg)
 	return nil
+}
+
+// nodePods are the pods the API server has bound to this node, by UID.
+type nodePods struct {
+	node  string
+	byUID map[types.UID]podSummary
+	// byName maps namespace/name to the UID of the pod of that name now, to tell a pod that
+	// was replaced (a StatefulSet's pod) from one that is gone.
+	byName map[string]types.UID
+}
+
+type podSummary struct {
+	namespace string
+	phase     corev1.PodPhase
+}
+
+// listNodePods reads the pods bound to this node: one paged list with a field selector, rather
+// than a get per claim.
+func (d *Driver) listNodePods(ctx context.Context) (*nodePods, error) {
+	np := &nodePods{node: d.opts.NodeName, byUID: map[types.UID]podSummary{}, byName: map[string]types.UID{}}
+	p := pager.New(pager.SimplePageFunc(func(opts metav1.ListOptions) (runtime.Object, error) {
+		return d.opts.KubeClient.CoreV1().Pods("").List(ctx, opts)
+	}))
+	p.PageSize = 500
+	sel := fields.OneTermEqualSelector("spec.nodeName", d.opts.NodeName).String()
+	err := p.EachListItem(ctx, metav1.ListOptions{FieldSelector: sel}, func(obj runtime.Object) error {
+		pod, ok := obj.(*corev1.Pod)
+		// The selector is the API server's; checked again here so that nothing depends on it.
+		if !ok || pod.Spec.NodeName != d.opts.NodeName {
+			return nil
+		}
+		np.byUID[pod.UID] = podSummary{namespace: pod.Namespace, phase: pod.Status.Phase}
+		np.byName[pod.Namespace+"/"+pod.Name] = pod.UID
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return np, nil
+}
+
+func (np *nodePods) count() int {
+	if np == nil {
+		return 0
+	}
+	return len(np.byUID)
+}
+
+// live says whether a pod the claim is reserved for is live on this node: it exists with the
+// reserved UID, is bound here and has not reached a terminal phase. A pod being deleted whose
+// containers still run counts: the kubelet unprepares its claims once they have stopped. When no
+// pod is live, why says for each reserved pod what was found instead.
+func (np *nodePods) live(c *resourceapi.ResourceClaim) (why []string, live bool) {
+	for _, ref := range c.Status.ReservedFor {
+		if ref.APIGroup != "" || ref.Resource != "pods" {
+			continue
+		}
+		name := c.Namespace + "/" + ref.Name
+		p, ok := np.byUID[ref.UID]
+		switch {
+		case ok && p.namespace == c.Namespace && p.phase != corev1.PodSucceeded && p.phase != corev1.PodFailed:
+			return nil, true
+		case ok && p.namespace == c.Namespace:
+			why = append(why, fmt.Sprintf("%s is %s", name, p.phase))
+		case np.byName[name] != "":
+			why = append(why, fmt.Sprintf("%s was replaced: UID %s is reserved, the pod of that name on node %s has UID %s",
+				name, ref.UID, np.node, np.byName[name]))
+		default:
+			why = append(why, fmt.Sprintf("%s (UID %s) is not on node %s", name, ref.UID, np.node))
+		}
+	}
+	return why, false
 }
 
 // allocatedHere says whether the claim has a device of this driver in this node's pool and is
