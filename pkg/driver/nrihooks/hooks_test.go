@@ -11,11 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/nri/pkg/adaptation"
 	"github.com/containerd/nri/pkg/api"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nrihooks"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nrihooks/nritest"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
 )
 
@@ -91,81 +91,6 @@ func (f *fakeSavers) get(uid string) (datapath.SaverInfo, bool) {
 	return s, ok
 }
 
-// runtime is the container runtime side of NRI (what containerd embeds),
-// listening on a unix socket in a temp dir, with a list of pods it reports on
-// Synchronize.
-type nriRuntime struct {
-	t      *testing.T
-	r      *adaptation.Adaptation
-	socket string
-	synced chan struct{}
-
-	mu   sync.Mutex
-	pods []*api.PodSandbox
-}
-
-func startRuntime(t *testing.T, socket string, pods ...*api.PodSandbox) *nriRuntime {
-	t.Helper()
-	rt := &nriRuntime{t: t, socket: socket, synced: make(chan struct{}, 8), pods: pods}
-	dir := t.TempDir()
-	sync := func(ctx context.Context, cb adaptation.SyncCB) error {
-		rt.mu.Lock()
-		pods := slices.Clone(rt.pods)
-		rt.mu.Unlock()
-		_, err := cb(ctx, pods, nil)
-		rt.synced <- struct{}{}
-		return err
-	}
-	update := func(context.Context, []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
-		return nil, nil
-	}
-	r, err := adaptation.New("test-runtime", "v0", sync, update,
-		adaptation.WithSocketPath(socket),
-		adaptation.WithPluginPath(filepath.Join(dir, "plugins")),
-		adaptation.WithPluginConfigPath(filepath.Join(dir, "conf")))
-	if err != nil {
-		t.Fatalf("create NRI runtime: %v", err)
-	}
-	if err := r.Start(); err != nil {
-		t.Fatalf("start NRI runtime: %v", err)
-	}
-	// Start synchronizes the runtime's pre-installed plugins (none here);
-	// only the syncs of connecting plugins count.
-	<-rt.synced
-	rt.r = r
-	t.Cleanup(r.Stop)
-	return rt
-}
-
-func (rt *nriRuntime) waitSynced() {
-	rt.t.Helper()
-	select {
-	case <-rt.synced:
-	case <-time.After(20 * time.Second):
-		rt.t.Fatal("plugin did not connect and synchronize within 20s")
-	}
-}
-
-func (rt *nriRuntime) runPod(pod *api.PodSandbox) error {
-	return rt.r.RunPodSandbox(context.Background(), &adaptation.RunPodSandboxRequest{Pod: pod})
-}
-
-func (rt *nriRuntime) stopPod(pod *api.PodSandbox) error {
-	return rt.r.StopPodSandbox(context.Background(), &adaptation.StopPodSandboxRequest{Pod: pod})
-}
-
-func (rt *nriRuntime) removePod(pod *api.PodSandbox) error {
-	return rt.r.RemovePodSandbox(context.Background(), &adaptation.RemovePodSandboxRequest{Pod: pod})
-}
-
-func pod(uid, netns string) *api.PodSandbox {
-	p := &api.PodSandbox{Id: "sb-" + uid, Uid: uid, Name: "pod-" + uid, Namespace: "default", Linux: &api.LinuxPodSandbox{}}
-	if netns != "" {
-		p.Linux.Namespaces = []*api.LinuxNamespace{{Type: "ipc"}, {Type: "network", Path: netns}}
-	}
-	return p
-}
-
 var plan1 = nrihooks.PodPlan{
 	Interface: "eth0",
 	Policy:    datapath.Policy{Allowed: []uint32{1}, Action: datapath.ActionDemote},
@@ -175,7 +100,7 @@ var plan1 = nrihooks.PodPlan{
 type env struct {
 	plans   *fakePlans
 	savers  *fakeSavers
-	rt      *nriRuntime
+	rt      *nritest.Runtime
 	reg     *prometheus.Registry
 	cancel  context.CancelFunc
 	stopped chan struct{}
@@ -207,7 +132,7 @@ func newEnv(t *testing.T, plans map[string]nrihooks.PodPlan, attached []datapath
 		e.savers.attached[s.PodUID] = s
 	}
 	socket := filepath.Join(t.TempDir(), "nri.sock")
-	e.rt = startRuntime(t, socket, pods...)
+	e.rt = nritest.StartRuntime(t, socket, pods...)
 	h := nrihooks.New(e.plans, e.savers, nrihooks.NewMetrics(e.reg))
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
@@ -232,7 +157,7 @@ func newEnv(t *testing.T, plans map[string]nrihooks.PodPlan, attached []datapath
 			t.Error("nrihooks.Run did not return within 10s of cancel")
 		}
 	})
-	e.rt.waitSynced()
+	e.rt.WaitSynced()
 	return e
 }
 
@@ -242,7 +167,7 @@ func TestRunPodSandboxAttachesPlannedPodsOnly(t *testing.T) {
 		t.Fatalf("calls on an empty sync = %v, want none", got)
 	}
 
-	if err := e.rt.runPod(pod("a", "/var/run/netns/a")); err != nil {
+	if err := e.rt.RunPod(nritest.Sandbox("a", "/var/run/netns/a")); err != nil {
 		t.Fatalf("RunPodSandbox(a): %v", err)
 	}
 	s, ok := e.savers.get("a")
@@ -254,7 +179,7 @@ func TestRunPodSandboxAttachesPlannedPodsOnly(t *testing.T) {
 	}
 
 	// A pod without a claim gets nothing and is not even counted.
-	if err := e.rt.runPod(pod("b", "/var/run/netns/b")); err != nil {
+	if err := e.rt.RunPod(nritest.Sandbox("b", "/var/run/netns/b")); err != nil {
 		t.Fatalf("RunPodSandbox(b): %v", err)
 	}
 	if got, want := e.savers.takeCalls(), []string{"attach a"}; !slices.Equal(got, want) {
@@ -270,11 +195,11 @@ func TestRunPodSandboxFailsClaimedPodThatCannotBeProtected(t *testing.T) {
 	bad.Err = errors.New("claims contradict")
 	e := newEnv(t, map[string]nrihooks.PodPlan{"host": plan1, "a": plan1, "bad": bad}, nil)
 
-	if err := e.rt.runPod(pod("bad", "/var/run/netns/bad")); err == nil || !errContains(err, "pod default/pod-bad: claims contradict") {
+	if err := e.rt.RunPod(nritest.Sandbox("bad", "/var/run/netns/bad")); err == nil || !errContains(err, "pod default/pod-bad: claims contradict") {
 		t.Fatalf("RunPodSandbox(pod with an unusable plan) = %v, want the plan's error", err)
 	}
 
-	err := e.rt.runPod(pod("host", ""))
+	err := e.rt.RunPod(nritest.Sandbox("host", ""))
 	if err == nil || !errContains(err, "uses the host network") {
 		t.Fatalf("RunPodSandbox(host network pod with a claim) = %v, want a host network error", err)
 	}
@@ -282,7 +207,7 @@ func TestRunPodSandboxFailsClaimedPodThatCannotBeProtected(t *testing.T) {
 	e.savers.mu.Lock()
 	e.savers.attachErr = errors.New("boom")
 	e.savers.mu.Unlock()
-	err = e.rt.runPod(pod("a", "/var/run/netns/a"))
+	err = e.rt.RunPod(nritest.Sandbox("a", "/var/run/netns/a"))
 	if err == nil || !errContains(err, "attach TSN saver to eth0 in pod default/pod-a") || !errContains(err, "boom") {
 		t.Fatalf("RunPodSandbox with a failing attach = %v, want the wrapped attach error", err)
 	}
@@ -290,8 +215,8 @@ func TestRunPodSandboxFailsClaimedPodThatCannotBeProtected(t *testing.T) {
 
 func TestStopAndRemoveDetachIdempotently(t *testing.T) {
 	e := newEnv(t, map[string]nrihooks.PodPlan{"a": plan1}, nil)
-	p := pod("a", "/var/run/netns/a")
-	if err := e.rt.runPod(p); err != nil {
+	p := nritest.Sandbox("a", "/var/run/netns/a")
+	if err := e.rt.RunPod(p); err != nil {
 		t.Fatal(err)
 	}
 	e.savers.takeCalls()
@@ -301,13 +226,13 @@ func TestStopAndRemoveDetachIdempotently(t *testing.T) {
 	delete(e.plans.plans, "a")
 	e.plans.mu.Unlock()
 
-	if err := e.rt.stopPod(p); err != nil {
+	if err := e.rt.StopPod(p); err != nil {
 		t.Fatalf("StopPodSandbox: %v", err)
 	}
-	if err := e.rt.removePod(p); err != nil {
+	if err := e.rt.RemovePod(p); err != nil {
 		t.Fatalf("RemovePodSandbox: %v", err)
 	}
-	if err := e.rt.stopPod(pod("never-attached", "/x")); err != nil {
+	if err := e.rt.StopPod(nritest.Sandbox("never-attached", "/x")); err != nil {
 		t.Fatalf("StopPodSandbox of an unknown pod: %v", err)
 	}
 	if got, want := e.savers.takeCalls(), []string{"detach a"}; !slices.Equal(got, want) {
@@ -326,10 +251,10 @@ func TestSynchronizeReconciles(t *testing.T) {
 		{PodUID: "unclaimed", NetnsPath: "/var/run/netns/unclaimed", Ifname: "eth0"},
 	}
 	e := newEnv(t, plans, attached,
-		pod("missing", "/var/run/netns/missing"),
-		pod("ok", "/var/run/netns/ok"),
-		pod("unclaimed", "/var/run/netns/unclaimed"),
-		pod("plain", "/var/run/netns/plain"))
+		nritest.Sandbox("missing", "/var/run/netns/missing"),
+		nritest.Sandbox("ok", "/var/run/netns/ok"),
+		nritest.Sandbox("unclaimed", "/var/run/netns/unclaimed"),
+		nritest.Sandbox("plain", "/var/run/netns/plain"))
 
 	// ok is re-attached (AttachSaver is idempotent and refreshes the policy).
 	want := []string{"attach missing", "attach ok", "detach gone", "detach unclaimed"}
@@ -345,17 +270,17 @@ func TestSynchronizeReconciles(t *testing.T) {
 
 func TestReconnectsAfterRuntimeRestart(t *testing.T) {
 	e := newEnv(t, map[string]nrihooks.PodPlan{"a": plan1}, nil)
-	e.rt.r.Stop()
+	e.rt.Stop()
 	e.cutConnections()
 
 	// While the runtime was down, pod a came up (say, containerd restarted
 	// with it): the new connection's Synchronize must attach it.
-	rt2 := startRuntime(t, e.rt.socket, pod("a", "/var/run/netns/a"))
-	rt2.waitSynced()
+	rt2 := nritest.StartRuntime(t, e.rt.Socket(), nritest.Sandbox("a", "/var/run/netns/a"))
+	rt2.WaitSynced()
 	if _, ok := e.savers.get("a"); !ok {
 		t.Fatal("pod a has no saver after the runtime came back")
 	}
-	if err := rt2.runPod(pod("a", "/var/run/netns/a")); err != nil {
+	if err := rt2.RunPod(nritest.Sandbox("a", "/var/run/netns/a")); err != nil {
 		t.Fatalf("RunPodSandbox after reconnect: %v", err)
 	}
 }

@@ -2,8 +2,6 @@ package nrihooks_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,9 +17,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nrihooks"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nrihooks/nritest"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/datapathtest"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
-	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/observe"
 )
 
 // cniPluginDirs are searched, in order, for the reference CNI plugins; the
@@ -32,6 +31,10 @@ var cniPluginDirs = []string{
 	"/var/cache/tsn-dra-driver/e2e-v1/bin/cni",
 	"/opt/cni/bin",
 }
+
+// waitLimit is how long a test waits for the observer to see all the packets
+// it sent (datapathtest.WaitTotal).
+const waitLimit = 10 * time.Second
 
 func cniPath(t *testing.T) string {
 	for _, d := range cniPluginDirs {
@@ -50,12 +53,6 @@ func cniPath(t *testing.T) string {
 	}
 	t.Skip("the CNI bridge, host-local and loopback plugins are not installed (run `make cni-plugins`, or set CNI_PATH)")
 	return ""
-}
-
-func suffix() string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // cniNode makes pod network namespaces the way a container runtime does: a
@@ -100,7 +97,7 @@ func (c *cniNode) rt(uid string) *libcni.RuntimeConf {
 // addPod creates the pod's netns and runs CNI ADD for it.
 func (c *cniNode) addPod(uid string) *api.PodSandbox {
 	c.t.Helper()
-	name := "tsnnri-" + suffix() + "-" + uid
+	name := "tsnnri-" + datapathtest.Suffix() + "-" + uid
 	path, err := netemu.NewNetns(name)
 	if err != nil {
 		c.t.Fatalf("create pod netns %s: %v", name, err)
@@ -119,7 +116,7 @@ func (c *cniNode) addPod(uid string) *api.PodSandbox {
 	if res == nil {
 		c.t.Fatalf("CNI ADD for pod %s returned no result", uid)
 	}
-	return pod(uid, c.pods[uid])
+	return nritest.Sandbox(uid, c.pods[uid])
 }
 
 // delPod runs CNI DEL and removes the netns; it is safe to call twice.
@@ -148,22 +145,6 @@ func sendFrom(t *testing.T, netnsPath string, dst *netemu.Node, tag uint32, n in
 		if err := s.Send(tag, uint32(i), prio, 0, wantPrio, 0); err != nil {
 			t.Fatalf("send %d from %s: %v", i, netnsPath, err)
 		}
-	}
-}
-
-// waitResult polls the observer until n packets of the flow were seen.
-func waitResult(t *testing.T, o *observe.Observer, tag uint32, n int) observe.Result {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r, err := o.Result(tag)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r.Total >= uint64(n) || time.Now().After(deadline) {
-			return r
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -220,14 +201,9 @@ func requireRoot(t *testing.T) {
 // plugin, started through NRI's runtime side, traffic checked at tsn0.
 func TestPodsThroughNRI(t *testing.T) {
 	requireRoot(t)
-	node, err := netemu.New(netemu.Routed, 0)
-	if err != nil {
-		t.Fatalf("emulated node: %v", err)
-	}
-	t.Cleanup(node.Close)
+	node := datapathtest.NewNode(t, netemu.Routed, 0)
 	cni := newCNINode(t, node.HostNetns)
-	pinDir := filepath.Join("/sys/fs/bpf", "tsn-nri-test-"+suffix())
-	t.Cleanup(func() { _ = os.RemoveAll(pinDir) })
+	pinDir := datapathtest.PinDir(t, "tsn-nri-test-")
 
 	// Class 1 is priority 1, class 2 priority 2 on this NIC.
 	plans := &fakePlans{plans: map[string]nrihooks.PodPlan{
@@ -237,26 +213,22 @@ func TestPodsThroughNRI(t *testing.T) {
 			Policy: datapath.Policy{Allowed: []uint32{2}, Action: datapath.ActionDemote}},
 	}}
 	socket := filepath.Join(t.TempDir(), "nri.sock")
-	rt := startRuntime(t, socket)
+	rt := nritest.StartRuntime(t, socket)
 	reg := prometheus.NewRegistry()
 	d := startDaemon(t, node, pinDir, socket, plans, reg)
-	rt.waitSynced()
+	rt.WaitSynced()
 	defer func() {
 		if d != nil {
 			d.stop(t)
 		}
 	}()
 
-	obs, err := observe.Attach(node.HostNetns, netemu.NIC, d.mgr.Mode())
-	if err != nil {
-		t.Fatalf("observer: %v", err)
-	}
-	t.Cleanup(func() { obs.Close() })
+	obs := datapathtest.AttachObserver(t, node, d.mgr.Mode())
 
 	pods := map[string]*api.PodSandbox{}
 	for _, uid := range []string{"a", "b", "c"} {
 		pods[uid] = cni.addPod(uid)
-		if err := rt.runPod(pods[uid]); err != nil {
+		if err := rt.RunPod(pods[uid]); err != nil {
 			t.Fatalf("RunPodSandbox(%s): %v", uid, err)
 		}
 	}
@@ -280,7 +252,7 @@ func TestPodsThroughNRI(t *testing.T) {
 		tag  uint32
 		prio uint32
 	}{{"a", 1, 1}, {"b", 2, 0}, {"c", 3, 0}} {
-		r := waitResult(t, obs, tc.tag, n)
+		r := datapathtest.WaitTotal(t, obs, tc.tag, n, waitLimit)
 		t.Logf("pod %s: %d packets at tsn0, by priority %v, right %d, wrong %d", tc.uid, r.Total, r.ByGot, r.Right, r.Wrong)
 		if r.Total != n || r.ByGot[tc.prio] != n || r.Wrong != 0 {
 			t.Errorf("pod %s: %d of %d packets left tsn0 with priority %d (by priority %v, wrong %d)", tc.uid, r.ByGot[tc.prio], n, tc.prio, r.ByGot, r.Wrong)
@@ -299,18 +271,15 @@ func TestPodsThroughNRI(t *testing.T) {
 	d.stop(t)
 	d = nil
 	sendFrom(t, cni.pods["a"], node, 4, n, 1, 1)
-	if r := waitResult(t, obs, 4, n); r.ByGot[1] != n || r.Wrong != 0 {
+	if r := datapathtest.WaitTotal(t, obs, 4, n, waitLimit); r.ByGot[1] != n || r.Wrong != 0 {
 		t.Errorf("while the daemon was down: %d of %d packets of pod a left with priority 1 (%v, wrong %d)", r.ByGot[1], n, r.ByGot, r.Wrong)
 	}
-	rt.r.Stop() // the old connection is gone with the daemon; a runtime restart re-syncs
-	rt2 := startRuntime(t, socket)
-	rt2.mu.Lock()
-	rt2.pods = []*api.PodSandbox{pods["a"], pods["b"], pods["c"]}
-	rt2.mu.Unlock()
+	rt.Stop() // the old connection is gone with the daemon; a runtime restart re-syncs
+	rt2 := nritest.StartRuntime(t, socket, pods["a"], pods["b"], pods["c"])
 	d = startDaemon(t, node, pinDir, socket, plans, prometheus.NewRegistry())
-	rt2.waitSynced()
+	rt2.WaitSynced()
 	sendFrom(t, cni.pods["a"], node, 5, n, 1, 1)
-	if r := waitResult(t, obs, 5, n); r.ByGot[1] != n || r.Wrong != 0 {
+	if r := datapathtest.WaitTotal(t, obs, 5, n, waitLimit); r.ByGot[1] != n || r.Wrong != 0 {
 		t.Errorf("after the restart: %d of %d packets of pod a left with priority 1 (%v, wrong %d)", r.ByGot[1], n, r.ByGot, r.Wrong)
 	}
 	if savers, _ := d.mgr.Savers(); !slices.Equal(saverUIDs(savers), []string{"a", "c"}) {
@@ -321,11 +290,11 @@ func TestPodsThroughNRI(t *testing.T) {
 	requireNoEntries(t, d.mgr, "a")
 	requireNoEntries(t, d.mgr, "c")
 	for _, uid := range []string{"a", "b", "c"} {
-		if err := rt2.stopPod(pods[uid]); err != nil {
+		if err := rt2.StopPod(pods[uid]); err != nil {
 			t.Fatalf("StopPodSandbox(%s): %v", uid, err)
 		}
 		cni.delPod(uid)
-		if err := rt2.removePod(pods[uid]); err != nil {
+		if err := rt2.RemovePod(pods[uid]); err != nil {
 			t.Fatalf("RemovePodSandbox(%s) after its netns is gone: %v", uid, err)
 		}
 	}
@@ -351,14 +320,9 @@ func TestHookLatency(t *testing.T) {
 }
 
 func hookLatency(t *testing.T, mode datapath.AttachMode) {
-	node, err := netemu.New(netemu.Routed, 0)
-	if err != nil {
-		t.Fatalf("emulated node: %v", err)
-	}
-	t.Cleanup(node.Close)
+	node := datapathtest.NewNode(t, netemu.Routed, 0)
 	cni := newCNINode(t, node.HostNetns)
-	pinDir := filepath.Join("/sys/fs/bpf", "tsn-nri-lat-"+suffix())
-	t.Cleanup(func() { _ = os.RemoveAll(pinDir) })
+	pinDir := datapathtest.PinDir(t, "tsn-nri-lat-")
 
 	const npods, rounds = 10, 10
 	plans := &fakePlans{plans: map[string]nrihooks.PodPlan{}}
@@ -369,21 +333,21 @@ func hookLatency(t *testing.T, mode datapath.AttachMode) {
 		pods = append(pods, cni.addPod(uid))
 	}
 	socket := filepath.Join(t.TempDir(), "nri.sock")
-	rt := startRuntime(t, socket)
+	rt := nritest.StartRuntime(t, socket)
 	d := startDaemon(t, node, pinDir, socket, plans, prometheus.NewRegistry(), datapath.WithSaverAttachMode(mode))
 	defer d.stop(t)
-	rt.waitSynced()
+	rt.WaitSynced()
 
 	var run, stop []time.Duration
 	for r := 0; r < rounds; r++ {
 		for _, p := range pods {
 			start := time.Now()
-			if err := rt.runPod(p); err != nil {
+			if err := rt.RunPod(p); err != nil {
 				t.Fatalf("RunPodSandbox(%s): %v", p.Uid, err)
 			}
 			run = append(run, time.Since(start))
 			start = time.Now()
-			if err := rt.stopPod(p); err != nil {
+			if err := rt.StopPod(p); err != nil {
 				t.Fatalf("StopPodSandbox(%s): %v", p.Uid, err)
 			}
 			stop = append(stop, time.Since(start))
