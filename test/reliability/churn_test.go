@@ -19,7 +19,9 @@ import (
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nicsetup"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nrihooks"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nrihooks/nritest"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/podplan"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/datapathtest"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/nic"
 )
@@ -32,13 +34,13 @@ import (
 // waves. Afterwards nothing may be left: no link, netns, pin, map entry, saver, qdisc change,
 // schedule, or checkpoint entry.
 func TestChurn500(t *testing.T) {
-	needRoot(t)
+	datapathtest.NeedRoot(t)
 	pods := 500
 	if testing.Short() {
 		pods = 100
 	}
-	n := newNode(t, netemu.Routed, 0)
-	dir := pinDir(t)
+	n := datapathtest.NewNode(t, netemu.Routed, 0)
+	dir := datapathtest.PinDir(t, pinPrefix)
 	m := openManager(t, n, dir)
 	defer func() { _ = m.Uninstall(quietCtx()) }()
 	ctx := quietCtx()
@@ -67,7 +69,7 @@ func TestChurn500(t *testing.T) {
 	}
 
 	socket := filepath.Join(t.TempDir(), "nri.sock")
-	rt := startRuntime(t, socket)
+	rt := nritest.StartRuntime(t, socket)
 	h := nrihooks.New(podplan.Source{Claims: d.Store(), Logger: klogDiscard()}, m, nrihooks.NewMetrics(prometheus.NewRegistry()))
 	nriCtx, stopNRI := contextWithCancel()
 	nriDone := make(chan struct{})
@@ -76,12 +78,12 @@ func TestChurn500(t *testing.T) {
 		_ = nrihooks.Run(nriCtx, h, nrihooks.Options{PluginName: driverName, SocketPath: socket, RetryInterval: 50 * time.Millisecond})
 	}()
 	defer func() { stopNRI(); <-nriDone }()
-	rt.waitSynced()
+	rt.WaitSynced()
 
 	linksBefore := linkNames(t, n.HostNetns)
 	qdiscsBefore := qdiscs(t, n.HostNetns, netemu.NIC)
-	suffix := randHex()
-	obs := attachObserver(t, n, m.Mode())
+	suffix := datapathtest.Suffix()
+	obs := datapathtest.AttachObserver(t, n, m.Mode())
 
 	type live struct {
 		ns    *podNS
@@ -102,13 +104,13 @@ func TestChurn500(t *testing.T) {
 			}
 		}
 		t0 := time.Now()
-		if err := rt.stopPod(l.sb); err != nil {
+		if err := rt.StopPod(l.sb); err != nil {
 			t.Fatalf("StopPodSandbox(%s) (netns gone: %v): %v", l.sb.Uid, i%5 == 0, err)
 		}
 		if err := l.ns.delete(); err != nil {
 			t.Fatalf("delete netns: %v", err)
 		}
-		if err := rt.removePod(l.sb); err != nil {
+		if err := rt.RemovePod(l.sb); err != nil {
 			t.Fatalf("RemovePodSandbox(%s): %v", l.sb.Uid, err)
 		}
 		timed(&tStop, t0)
@@ -149,8 +151,8 @@ func TestChurn500(t *testing.T) {
 		}
 		timed(&tNetns, t0)
 		t0 = time.Now()
-		sb := sandbox(uid, ns.Path)
-		if err := rt.runPod(sb); err != nil {
+		sb := nritest.Sandbox(uid, ns.Path)
+		if err := rt.RunPod(sb); err != nil {
 			t.Fatalf("RunPodSandbox(%s): %v", uid, err)
 		}
 		timed(&tRun, t0)
@@ -163,7 +165,7 @@ func TestChurn500(t *testing.T) {
 			if err := sendRouted(n, ns, uint32(1000+i), 200, prio); err != nil {
 				t.Fatalf("traffic from pod %d: %v", i, err)
 			}
-			r := waitTotal(t, obs, uint32(1000+i), 200)
+			r := datapathtest.WaitTotal(t, obs, uint32(1000+i), 200, waitLimit)
 			if r.Right != 200 || r.Wrong != 0 {
 				t.Errorf("pod %d: %+v, want 200 right", i, r)
 			}

@@ -18,8 +18,10 @@ import (
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nicsetup"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nrihooks"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/nrihooks/nritest"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/driver/podplan"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/datapathtest"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
 )
 
@@ -77,15 +79,15 @@ func (d *daemon) stop(t testing.TB) {
 // priority and launch time (no restore lost while the daemon is down or coming back), and after
 // every restart exactly one saver and one restorer are attached (nothing attached twice).
 func TestDaemonRestartUnderTraffic(t *testing.T) {
-	needRoot(t)
-	n := newNode(t, netemu.Routed, 2)
-	dir := pinDir(t)
+	datapathtest.NeedRoot(t)
+	n := datapathtest.NewNode(t, netemu.Routed, 2)
+	dir := datapathtest.PinDir(t, pinPrefix)
 	socket := filepath.Join(t.TempDir(), "nri.sock")
 	pod, other := n.Pods[0], n.Pods[1]
 	stateDir := t.TempDir()
-	rt := startRuntime(t, socket)
+	rt := nritest.StartRuntime(t, socket)
 	d := startDaemon(t, n, dir, stateDir, socket)
-	rt.waitSynced()
+	rt.WaitSynced()
 	// The pod's claims: class 1 (priority 3) and class 2 (priority 2), and priority 1 remapped
 	// onto class 1's priority by the claim's parameters.
 	claim := newClaim("restart", "claimed", `{"apiVersion":"tsn.dra.io/v1alpha1","kind":"TSNConfig","priorityMap":[{"appPriority":1,"request":"tsn"}]}`, "tsn/tsn0-tc1", "tsn2/tsn0-tc2")
@@ -93,11 +95,11 @@ func TestDaemonRestartUnderTraffic(t *testing.T) {
 		t.Fatalf("prepare: %v %v", err, res[claim.UID].Err)
 	}
 	defer func() { d.stop(t); cleanupPins(t, n, dir) }()
-	obs := attachObserver(t, n, d.mgr.Mode())
-	if err := rt.runPod(sandbox("claimed", pod.Netns)); err != nil {
+	obs := datapathtest.AttachObserver(t, n, d.mgr.Mode())
+	if err := rt.RunPod(nritest.Sandbox("claimed", pod.Netns)); err != nil {
 		t.Fatalf("RunPodSandbox: %v", err)
 	}
-	if err := rt.runPod(sandbox("unclaimed", other.Netns)); err != nil {
+	if err := rt.RunPod(nritest.Sandbox("unclaimed", other.Netns)); err != nil {
 		t.Fatalf("RunPodSandbox: %v", err)
 	}
 
@@ -149,18 +151,18 @@ func TestDaemonRestartUnderTraffic(t *testing.T) {
 		time.Sleep(150 * time.Millisecond)
 		d.stop(t)
 		time.Sleep(50 * time.Millisecond) // traffic while no daemon runs
-		rt.r.Stop()                       // the plugin's connection went with the daemon
-		rt = startRuntime(t, socket, sandbox("claimed", pod.Netns), sandbox("unclaimed", other.Netns))
+		rt.Stop()                         // the plugin's connection went with the daemon
+		rt = nritest.StartRuntime(t, socket, nritest.Sandbox("claimed", pod.Netns), nritest.Sandbox("unclaimed", other.Netns))
 		d = startDaemon(t, n, dir, stateDir, socket)
-		rt.waitSynced()
+		rt.WaitSynced()
 		checkAttachedOnce(t, n, pod.Netns, pod.Ifname, d.mgr)
 	}
 	time.Sleep(100 * time.Millisecond)
 	close(stop)
 	wg.Wait()
 
-	res := waitTotal(t, obs, 1, sent.Load())
-	resOther := waitTotal(t, obs, 2, sentOther.Load())
+	res := datapathtest.WaitTotal(t, obs, 1, sent.Load(), waitLimit)
+	resOther := datapathtest.WaitTotal(t, obs, 2, sentOther.Load(), waitLimit)
 	t.Logf("claimed pod: %d sent over %d restarts, at tsn0 %+v", sent.Load(), restarts, res)
 	t.Logf("unclaimed pod: %d sent, at tsn0 %+v", sentOther.Load(), resOther)
 	if res.Total != sent.Load() || res.Right != sent.Load() || res.Wrong != 0 {
@@ -210,9 +212,9 @@ func cleanupPins(t testing.TB, n *netemu.Node, dir string) {
 // TSN traffic at the same time. B's packets must all be restored right, none missed for lack of
 // room; A stays within its quota and its entries expire.
 func TestFloodAndFarFutureDoNotDisturb(t *testing.T) {
-	needRoot(t)
-	n := newNode(t, netemu.Routed, 2)
-	dir := pinDir(t)
+	datapathtest.NeedRoot(t)
+	n := datapathtest.NewNode(t, netemu.Routed, 2)
+	dir := datapathtest.PinDir(t, pinPrefix)
 	const quota = 256
 	m := openManager(t, n, dir, datapath.WithQuota(quota), datapath.WithTTL(500*time.Millisecond))
 	defer func() { _ = m.Uninstall(quietCtx()) }()
@@ -220,7 +222,7 @@ func TestFloodAndFarFutureDoNotDisturb(t *testing.T) {
 	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
 		t.Fatal(err)
 	}
-	obs := attachObserver(t, n, m.Mode())
+	obs := datapathtest.AttachObserver(t, n, m.Mode())
 	a, b := n.Pods[0], n.Pods[1]
 	all := datapath.Policy{Allowed: []uint32{1, 2, 3, 4, 5, 6, 7}}
 	for uid, p := range map[string]*netemu.Pod{"flooder": a, "victim": b} {
@@ -282,8 +284,8 @@ func TestFloodAndFarFutureDoNotDisturb(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := waitTotal(t, obs, 20, vn)
-	resFar := waitTotal(t, obs, 10, flood/10)
+	res := datapathtest.WaitTotal(t, obs, 20, vn, waitLimit)
+	resFar := datapathtest.WaitTotal(t, obs, 10, flood/10, waitLimit)
 	vc, _ := m.Counters("victim")
 	fc, _ := m.Counters("flooder")
 	t.Logf("victim: %+v, counters %+v", res, vc.Total())
@@ -318,9 +320,9 @@ func TestFloodAndFarFutureDoNotDisturb(t *testing.T) {
 // while a claim holds it. Releasing the claim must still succeed and leave no restorer pin;
 // when the NIC comes back, the next claim configures it again and restores work.
 func TestNICRemovedWhileClaimed(t *testing.T) {
-	needRoot(t)
-	n := newNode(t, netemu.Routed, 1)
-	dir := pinDir(t)
+	datapathtest.NeedRoot(t)
+	n := datapathtest.NewNode(t, netemu.Routed, 1)
+	dir := datapathtest.PinDir(t, pinPrefix)
 	m := openManager(t, n, dir)
 	defer func() { _ = m.Uninstall(quietCtx()) }()
 	ctx := quietCtx()
@@ -395,13 +397,13 @@ func TestNICRemovedWhileClaimed(t *testing.T) {
 	if err := setup.Acquire(ctx, tsn0, "claim-2"); err != nil {
 		t.Fatalf("acquire the NIC after it came back: %v", err)
 	}
-	obs := attachObserver(t, n, m.Mode())
+	obs := datapathtest.AttachObserver(t, n, m.Mode())
 	for i := 0; i < 500; i++ {
 		if err := s.Send(2, uint32(i), 1, 0, 1, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if res := waitTotal(t, obs, 2, 500); res.Right != 500 || res.Wrong != 0 {
+	if res := datapathtest.WaitTotal(t, obs, 2, 500, waitLimit); res.Right != 500 || res.Wrong != 0 {
 		t.Errorf("after the NIC came back: %+v, want 500 right", res)
 	}
 	checkAttachedOnce(t, n, pod.Netns, pod.Ifname, m)

@@ -2,8 +2,6 @@ package reliability
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -17,7 +15,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/containerd/nri/pkg/adaptation"
 	"github.com/containerd/nri/pkg/api"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -37,7 +34,6 @@ import (
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/config"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
-	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/observe"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/nic"
 )
 
@@ -78,19 +74,12 @@ func mustConfig(t testing.TB) *config.NodeConfig {
 	return c
 }
 
-func needRoot(t testing.TB) {
-	t.Helper()
-	if os.Getenv("TSN_SKIP_ROOT_TESTS") != "" {
-		t.Skip("TSN_SKIP_ROOT_TESTS is set")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces and loads eBPF (run with sudo)")
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
-		t.Skip("bpffs is not mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")
-	}
-}
+// pinPrefix starts the name of every pin directory the suite makes (datapathtest.PinDir).
+const pinPrefix = "tsn-rel-"
+
+// waitLimit is how long a test waits for the observer to see all the packets it sent
+// (datapathtest.WaitTotal).
+const waitLimit = 10 * time.Second
 
 func testCtx(t testing.TB) context.Context {
 	_, ctx := ktesting.NewTestContext(t)
@@ -102,32 +91,6 @@ func quietCtx() context.Context {
 	return klog.NewContext(context.Background(), klog.Background().V(10))
 }
 
-func randHex() string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// pinDir is a unique pin directory, removed at the end of the test.
-func pinDir(t testing.TB) string {
-	base := filepath.Join("/sys/fs/bpf", "tsn-rel-"+randHex())
-	t.Cleanup(func() { _ = os.RemoveAll(base) })
-	return filepath.Join(base, "v1")
-}
-
-func newNode(t testing.TB, topo netemu.Topology, pods int) *netemu.Node {
-	t.Helper()
-	if err := netemu.Available(topo); err != nil {
-		t.Skipf("topology %s: %v", topo, err)
-	}
-	n, err := netemu.New(topo, pods)
-	if err != nil {
-		t.Fatalf("build node: %v", err)
-	}
-	t.Cleanup(n.Close)
-	return n
-}
-
 func openManager(t testing.TB, n *netemu.Node, dir string, opts ...datapath.Option) *datapath.Manager {
 	t.Helper()
 	opts = append([]datapath.Option{datapath.WithPinDir(dir), datapath.WithNetns(n.HostNetns),
@@ -137,32 +100,6 @@ func openManager(t testing.TB, n *netemu.Node, dir string, opts ...datapath.Opti
 		t.Fatalf("open data path: %v", err)
 	}
 	return m
-}
-
-func attachObserver(t testing.TB, n *netemu.Node, mode datapath.AttachMode) *observe.Observer {
-	t.Helper()
-	o, err := observe.Attach(n.HostNetns, netemu.NIC, mode)
-	if err != nil {
-		t.Fatalf("observer: %v", err)
-	}
-	t.Cleanup(func() { _ = o.Close() })
-	return o
-}
-
-// waitTotal waits until the observer saw want packets of the flow (or 10 s).
-func waitTotal(t testing.TB, o *observe.Observer, tag uint32, want uint64) observe.Result {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r, err := o.Result(tag)
-		if err != nil {
-			t.Fatalf("observer: %v", err)
-		}
-		if r.Total >= want || time.Now().After(deadline) {
-			return r
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // inNetns runs f on a locked thread in the network namespace at path.
@@ -350,92 +287,6 @@ func (p *podNS) delete() error {
 		return err
 	}
 	return nil
-}
-
-// sandbox is the NRI view of a pod with its netns.
-func sandbox(uid, netnsPath string) *api.PodSandbox {
-	p := &api.PodSandbox{Id: "sb-" + uid, Uid: uid, Name: "pod-" + uid, Namespace: "default", Linux: &api.LinuxPodSandbox{}}
-	if netnsPath != "" {
-		p.Linux.Namespaces = []*api.LinuxNamespace{{Type: "ipc"}, {Type: "network", Path: netnsPath}}
-	}
-	return p
-}
-
-// nriRuntime is the container runtime's side of NRI (what containerd embeds), serving the
-// driver's plugin on a unix socket.
-type nriRuntime struct {
-	t      testing.TB
-	r      *adaptation.Adaptation
-	synced chan struct{}
-
-	mu   sync.Mutex
-	pods map[string]*api.PodSandbox
-}
-
-// startRuntime serves NRI on socket; pods are the sandboxes the runtime already has (listed to
-// the plugin in Synchronize).
-func startRuntime(t testing.TB, socket string, pods ...*api.PodSandbox) *nriRuntime {
-	t.Helper()
-	rt := &nriRuntime{t: t, synced: make(chan struct{}, 8), pods: map[string]*api.PodSandbox{}}
-	for _, p := range pods {
-		rt.pods[p.Uid] = p
-	}
-	dir := t.TempDir()
-	syncFn := func(ctx context.Context, cb adaptation.SyncCB) error {
-		rt.mu.Lock()
-		var pods []*api.PodSandbox
-		for _, p := range rt.pods {
-			pods = append(pods, p)
-		}
-		rt.mu.Unlock()
-		_, err := cb(ctx, pods, nil)
-		rt.synced <- struct{}{}
-		return err
-	}
-	update := func(context.Context, []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
-		return nil, nil
-	}
-	r, err := adaptation.New("reliability-runtime", "v0", syncFn, update,
-		adaptation.WithSocketPath(socket),
-		adaptation.WithPluginPath(filepath.Join(dir, "plugins")),
-		adaptation.WithPluginConfigPath(filepath.Join(dir, "conf")))
-	if err != nil {
-		t.Fatalf("create NRI runtime: %v", err)
-	}
-	if err := r.Start(); err != nil {
-		t.Fatalf("start NRI runtime: %v", err)
-	}
-	<-rt.synced // the runtime's own start-up sync (no pre-installed plugins)
-	rt.r = r
-	t.Cleanup(r.Stop)
-	return rt
-}
-
-func (rt *nriRuntime) waitSynced() {
-	rt.t.Helper()
-	select {
-	case <-rt.synced:
-	case <-time.After(20 * time.Second):
-		rt.t.Fatal("plugin did not connect and synchronize within 20s")
-	}
-}
-
-func (rt *nriRuntime) runPod(p *api.PodSandbox) error {
-	rt.mu.Lock()
-	rt.pods[p.Uid] = p
-	rt.mu.Unlock()
-	return rt.r.RunPodSandbox(context.Background(), &adaptation.RunPodSandboxRequest{Pod: p})
-}
-
-func (rt *nriRuntime) stopPod(p *api.PodSandbox) error {
-	return rt.r.StopPodSandbox(context.Background(), &adaptation.StopPodSandboxRequest{Pod: p})
-}
-
-func (rt *nriRuntime) removePod(p *api.PodSandbox) error {
-	rt.mu.Lock()
-	delete(rt.pods, p.Uid)
-	rt.mu.Unlock()
-	return rt.r.RemovePodSandbox(context.Background(), &adaptation.RemovePodSandboxRequest{Pod: p})
 }
 
 // newClient is a fake API server with this node.
