@@ -114,11 +114,11 @@ var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
 //
 // A damaged checkpoint (not JSON, a wrong checksum: see docs/driver.md) is kept aside as
 // checkpoint.json.damaged-<time>, reported (log, Event on the Node, metric) and rebuilt from
-// the ResourceClaims allocated to this node and reserved for pods. When the API server cannot be
-// read, New still returns: the rebuild retries in the background and, until StateReady is
-// closed, the state is empty and Prepare and Unprepare fail with a clear error. Claims rebuilt in
-// the background are handed to Hooks.ClaimPrepared; claims loaded or rebuilt inside New are the
-// caller's to resume (Store().PreparedClaims()).
+// the ResourceClaims allocated to this node and reserved for a pod that still runs here. When the
+// API server cannot be read, New still returns: the rebuild retries in the background and, until
+// StateReady is closed, the state is empty and Prepare and Unprepare fail with a clear error.
+// Claims rebuilt in the background are handed to Hooks.ClaimPrepared; claims loaded or rebuilt
+// inside New are the caller's to resume (Store().PreparedClaims()).
 func New(ctx context.Context, o Options) (*Driver, error) {
 	switch {
 	case o.DriverName == "":
