@@ -34,15 +34,7 @@ func TestExpiryKeepsLiveEntries(t *testing.T) {
 				}
 			}
 			m := openManager(t, n, datapathtest.PinDir(t, pinPrefix), datapath.WithGCInterval(time.Millisecond), datapath.WithKernelTimer(tc.timer))
-			if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
-				t.Fatal(err)
-			}
-			obs := datapathtest.AttachObserver(t, n, m.Mode())
-			pod := n.Pods[0]
-			if err := m.AttachSaver(ctx, "pod-a", pod.Netns, pod.Ifname, allowAll); err != nil {
-				t.Fatal(err)
-			}
-			s := newSender(t, pod.Netns, n)
+			obs, s := restoreOnePod(t, ctx, n, m)
 			const count = 20000
 			start := time.Now()
 			withMeta := sendMix(t, s, obs, 1, count)

@@ -10,6 +10,7 @@ import (
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/datapathtest"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/netemu"
 	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/datapath/observe"
 )
@@ -57,6 +58,28 @@ func newSender(t testing.TB, netnsPath string, n *netemu.Node) *netemu.Sender {
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
+}
+
+// restoreAndObserve puts m's restorer on the node's tsn0 and the observer
+// after it.
+func restoreAndObserve(t testing.TB, ctx context.Context, n *netemu.Node, m *datapath.Manager) *observe.Observer {
+	t.Helper()
+	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
+		t.Fatal(err)
+	}
+	return datapathtest.AttachObserver(t, n, m.Mode())
+}
+
+// restoreOnePod is restoreAndObserve plus a saver granting allowAll on the
+// node's first pod (as pod-a) and a sender from that pod.
+func restoreOnePod(t testing.TB, ctx context.Context, n *netemu.Node, m *datapath.Manager) (*observe.Observer, *netemu.Sender) {
+	t.Helper()
+	obs := restoreAndObserve(t, ctx, n, m)
+	pod := n.Pods[0]
+	if err := m.AttachSaver(ctx, "pod-a", pod.Netns, pod.Ifname, allowAll); err != nil {
+		t.Fatal(err)
+	}
+	return obs, newSender(t, pod.Netns, n)
 }
 
 // allowAll grants priorities 1..7 unchanged.

@@ -41,10 +41,7 @@ func TestPolicyDemoteRemapDrop(t *testing.T) {
 	ctx := testCtx(t)
 	n := datapathtest.NewNode(t, netemu.Routed, 2)
 	m := openManager(t, n, datapathtest.PinDir(t, pinPrefix))
-	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
-		t.Fatal(err)
-	}
-	obs := datapathtest.AttachObserver(t, n, m.Mode())
+	obs := restoreAndObserve(t, ctx, n, m)
 
 	demote := datapath.Policy{Allowed: []uint32{2, 3}, Remap: map[uint32]uint32{3: 5}, Action: datapath.ActionDemote, DefaultPriority: 1}
 	drop := datapath.Policy{Allowed: []uint32{2}, Action: datapath.ActionDrop}
@@ -140,10 +137,7 @@ func TestOtherTrafficUntouched(t *testing.T) {
 	ctx := testCtx(t)
 	n := datapathtest.NewNode(t, netemu.Routed, 2)
 	m := openManager(t, n, datapathtest.PinDir(t, pinPrefix))
-	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
-		t.Fatal(err)
-	}
-	obs := datapathtest.AttachObserver(t, n, m.Mode())
+	obs := restoreAndObserve(t, ctx, n, m)
 	claimed, other := n.Pods[0], n.Pods[1]
 	if err := m.AttachSaver(ctx, "claimed", claimed.Netns, claimed.Ifname, allowAll); err != nil {
 		t.Fatal(err)
@@ -196,10 +190,7 @@ func testMapBounded(t *testing.T, opts ...datapath.Option) {
 	m := openManager(t, n, datapathtest.PinDir(t, pinPrefix), append([]datapath.Option{datapath.WithQuota(quota), datapath.WithMaxPods(8),
 		datapath.WithTTL(300 * time.Millisecond), datapath.WithGCInterval(100 * time.Millisecond)}, opts...)...)
 	t.Logf("features %+v", m.Features())
-	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
-		t.Fatal(err)
-	}
-	obs := datapathtest.AttachObserver(t, n, m.Mode())
+	obs := restoreAndObserve(t, ctx, n, m)
 	flood, good := n.Pods[0], n.Pods[1]
 	if err := m.AttachSaver(ctx, "flooder", flood.Netns, flood.Ifname, allowAll); err != nil {
 		t.Fatal(err)
@@ -287,10 +278,7 @@ func TestIdenticalBytes(t *testing.T) {
 	ctx := testCtx(t)
 	n := datapathtest.NewNode(t, netemu.Routed, 2)
 	m := openManager(t, n, datapathtest.PinDir(t, pinPrefix), datapath.WithQuota(1024), datapath.WithMaxPods(4))
-	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
-		t.Fatal(err)
-	}
-	obs := datapathtest.AttachObserver(t, n, m.Mode())
+	obs := restoreAndObserve(t, ctx, n, m)
 	a, b := n.Pods[0], n.Pods[1]
 	if err := m.AttachSaver(ctx, "a", a.Netns, a.Ifname, allowAll); err != nil {
 		t.Fatal(err)

@@ -36,15 +36,7 @@ func testTopology(t *testing.T, topo netemu.Topology, opts ...datapath.Option) {
 	n := datapathtest.NewNode(t, topo, 1)
 	m := openManager(t, n, datapathtest.PinDir(t, pinPrefix), opts...)
 	t.Logf("mode %s, features %+v", m.Mode(), m.Features())
-	if err := m.EnsureRestorer(ctx, netemu.NIC); err != nil {
-		t.Fatal(err)
-	}
-	obs := datapathtest.AttachObserver(t, n, m.Mode())
-	pod := n.Pods[0]
-	if err := m.AttachSaver(ctx, "pod-a", pod.Netns, pod.Ifname, allowAll); err != nil {
-		t.Fatal(err)
-	}
-	s := newSender(t, pod.Netns, n)
+	obs, s := restoreOnePod(t, ctx, n, m)
 	const tag = 1
 	withMeta := sendMix(t, s, obs, tag, packetsPerTopology)
 	r := datapathtest.WaitTotal(t, obs, tag, packetsPerTopology, waitLimit)
