@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -260,8 +261,17 @@ func TestCheckpointCorrupted(t *testing.T) {
 				objs = append(objs, newClaim(fmt.Sprintf("cp%d", i), fmt.Sprintf("pod-cp%d", i), ""))
 			}
 			client := newClient()
-			for _, c := range objs {
+			for i, c := range objs {
 				if _, err := client.ResourceV1().ResourceClaims(c.Namespace).Create(context.Background(), c, metav1.CreateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				// The rebuild takes a claim only while one of its pods runs on this node.
+				pod := &corev1.Pod{
+					ObjectMeta: metav1.ObjectMeta{Namespace: c.Namespace, Name: fmt.Sprintf("pod-pod-cp%d", i), UID: types.UID(fmt.Sprintf("pod-cp%d", i))},
+					Spec:       corev1.PodSpec{NodeName: nodeName},
+					Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+				}
+				if _, err := client.CoreV1().Pods(c.Namespace).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 					t.Fatal(err)
 				}
 			}
