@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -22,35 +23,62 @@ type QdiscSchedules struct {
 	// prev is each NIC's qdisc tree before this process first changed it,
 	// so that Remove can put it back.
 	prev map[string]qdisc.State
+	// built is when this process last put a new tree on each NIC: an event
+	// that stopped a taprio before then did not stop the one there now.
+	built map[string]time.Time
 }
 
 // NewQdiscSchedules applies schedules through client, looking NICs up in the
 // current node config with nics.
 func NewQdiscSchedules(client *qdisc.Client, nics func(name string) (config.NIC, bool)) *QdiscSchedules {
-	return &QdiscSchedules{client: client, nics: nics, prev: map[string]qdisc.State{}}
+	return &QdiscSchedules{client: client, nics: nics, prev: map[string]qdisc.State{}, built: map[string]time.Time{}}
 }
 
 // Apply implements Schedules.
 func (q *QdiscSchedules) Apply(ctx context.Context, nic NIC) error {
+	link, want, cur, err := q.desired(nic)
+	if err != nil {
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, ok := q.prev[nic.Name]; !ok {
+		q.prev[nic.Name] = cur
+	}
+	return q.apply(ctx, nic, link, want)
+}
+
+func (q *QdiscSchedules) apply(ctx context.Context, nic NIC, link qdisc.Link, want qdisc.Config, opts ...qdisc.ApplyOption) error {
+	var changed bool
+	err := q.client.Apply(ctx, link.Name, want, append(opts, qdisc.Changed(&changed))...)
+	if changed {
+		q.built[nic.Name] = time.Now()
+	}
+	return err
+}
+
+// desired reads the NIC and the tree on it, and builds the tree the node
+// config wants there.
+func (q *QdiscSchedules) desired(nic NIC) (qdisc.Link, qdisc.Config, qdisc.State, error) {
 	cfgNIC, ok := q.nics(nic.Name)
 	if !ok {
-		return fmt.Errorf("NIC %s is not in the node config", nic.Name)
+		return qdisc.Link{}, qdisc.Config{}, qdisc.State{}, fmt.Errorf("NIC %s is not in the node config", nic.Name)
 	}
 	link, err := q.client.Link(nic.Interface)
 	if err != nil {
-		return err
+		return qdisc.Link{}, qdisc.Config{}, qdisc.State{}, err
 	}
 	now, err := qdisc.NowTAI()
 	if err != nil {
-		return err
+		return qdisc.Link{}, qdisc.Config{}, qdisc.State{}, err
 	}
 	want, err := qdisc.FromSchedule(&cfgNIC.Schedule, link.Device, now)
 	if err != nil {
-		return fmt.Errorf("schedule of NIC %s: %w", nic.Name, err)
+		return qdisc.Link{}, qdisc.Config{}, qdisc.State{}, fmt.Errorf("schedule of NIC %s: %w", nic.Name, err)
 	}
 	cur, err := q.client.Snapshot(link)
 	if err != nil {
-		return fmt.Errorf("read qdiscs of %s: %w", nic.Interface, err)
+		return qdisc.Link{}, qdisc.Config{}, qdisc.State{}, fmt.Errorf("read qdiscs of %s: %w", nic.Interface, err)
 	}
 	// A base time derived from "now" differs on every call; a taprio that
 	// already runs the schedule keeps its base time (and so its phase), or
@@ -62,12 +90,7 @@ func (q *QdiscSchedules) Apply(ctx context.Context, nic NIC) error {
 			}
 		}
 	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if _, ok := q.prev[nic.Name]; !ok {
-		q.prev[nic.Name] = cur
-	}
-	return q.client.Apply(ctx, nic.Interface, want)
+	return link, want, cur, nil
 }
 
 // Remove implements Schedules: the tree from before this process first

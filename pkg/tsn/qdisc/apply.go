@@ -136,11 +136,37 @@ func (s State) restorable() error {
 	return nil
 }
 
+// ApplyOption changes what Apply does.
+type ApplyOption func(*applyOptions)
+
+type applyOptions struct {
+	recreate bool
+	changed  *bool
+}
+
+// Recreate makes Apply build the tree anew even when the device already has
+// cfg. A software taprio whose gates were stopped (a device deactivation
+// cancels the timer that advances them) dumps the same as a running one, and
+// only a new qdisc runs again.
+func Recreate() ApplyOption { return func(o *applyOptions) { o.recreate = true } }
+
+// Changed makes Apply set *changed to whether it put a new tree on the device
+// (false when the device already had cfg, or on failure).
+func Changed(changed *bool) ApplyOption { return func(o *applyOptions) { o.changed = changed } }
+
 // Apply puts cfg on the device as a transaction: it validates cfg, remembers the
 // device's qdisc tree (and channels), applies cfg, reads it back and compares, and
 // on any failure puts the remembered tree back. It does nothing when the device
-// already has cfg. The error says what failed and whether the restore worked.
-func (c *Client) Apply(ctx context.Context, linkName string, cfg Config) error {
+// already has cfg (unless Recreate). The error says what failed and whether the
+// restore worked.
+func (c *Client) Apply(ctx context.Context, linkName string, cfg Config, opts ...ApplyOption) error {
+	var o applyOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.changed != nil {
+		*o.changed = false
+	}
 	logger := klog.FromContext(ctx).WithValues("device", linkName, "qdisc", kindOf(cfg.Root))
 	link, err := c.Link(linkName)
 	if err != nil {
@@ -153,7 +179,7 @@ func (c *Client) Apply(ctx context.Context, linkName string, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("read qdiscs of %s: %w", linkName, err)
 	}
-	if prev.Root != nil && c.matches(prev, prev.Root.Handle, link, cfg) == nil {
+	if !o.recreate && prev.Root != nil && c.matches(prev, prev.Root.Handle, link, cfg) == nil {
 		logger.V(4).Info("Qdiscs already as wanted", "handle", prev.Root.Handle)
 		return nil
 	}
@@ -163,6 +189,9 @@ func (c *Client) Apply(ctx context.Context, linkName string, cfg Config) error {
 
 	applyErr := c.apply(ctx, link, prev, cfg)
 	if applyErr == nil {
+		if o.changed != nil {
+			*o.changed = true
+		}
 		return nil
 	}
 	logger.Info("Applying qdiscs failed, restoring the previous ones", "err", applyErr, "previous", prev.Root)
@@ -383,6 +412,18 @@ func sameInstalled(want, got Installed) error {
 	return nil
 }
 
+// Matches reports whether the tree s read from link is cfg (nil), or how it
+// differs: what Apply checks before doing nothing and after applying.
+func (c *Client) Matches(link Link, s State, cfg Config) error {
+	if cfg.Root == nil {
+		return errors.New("no root qdisc wanted")
+	}
+	if s.Root == nil {
+		return errors.New("no root qdisc")
+	}
+	return c.matches(s, s.Root.Handle, link, cfg)
+}
+
 // matches compares the device's tree with cfg, the root at handle.
 func (c *Client) matches(s State, handle Handle, link Link, cfg Config) error {
 	if s.Root == nil {
@@ -455,7 +496,7 @@ func normalize(q Qdisc) Qdisc {
 		t := *v
 		t.CycleTime = v.CycleDuration()
 		t.Entries = slices.Clone(v.Entries)
-		t.MaxSDU, t.maxSDU = nil, MaxSDUAsSet
+		t.MaxSDU, t.maxSDU, t.running = nil, MaxSDUAsSet, false
 		t.PrioMap.Queues = slices.Clone(v.PrioMap.Queues)
 		return &t
 	case *MQPrio:

@@ -57,6 +57,13 @@ func NewClient(opts ...Option) (*Client, error) {
 	return c, nil
 }
 
+// PortID is the netlink port of the socket the client changes qdiscs
+// through: the kernel's qdisc notifications for those changes carry it, so a
+// watcher can tell them from other processes' changes.
+func (c *Client) PortID() (uint32, error) {
+	return c.sock.Socket.GetPid()
+}
+
 // Close releases the sockets.
 func (c *Client) Close() {
 	c.links.Close()

@@ -105,6 +105,7 @@ func decodeTaprio(b []byte) (*Taprio, error) {
 	if len(admin) > 0 {
 		sched = admin
 	}
+	t.running = len(admin) == 0 && len(oper) > 0
 	if err := t.decodeSchedule(sched); err != nil {
 		return nil, err
 	}

@@ -129,6 +129,9 @@ type Taprio struct {
 	// maxSDU says what MaxSDU of a decoded taprio holds; the zero value (a
 	// model built by a caller, a 6.1 dump) is the limits asked for.
 	maxSDU MaxSDUReport
+	// running: decoded from a dump whose schedule is the operating one, with
+	// no new (admin) schedule pending.
+	running bool
 }
 
 // MaxSDUReport says what the MaxSDU of a taprio read from the kernel holds.
@@ -165,6 +168,12 @@ func (r MaxSDUReport) String() string {
 // MaxSDUReport says what MaxSDU holds; for a model built by a caller,
 // MaxSDUAsSet.
 func (t *Taprio) MaxSDUReport() MaxSDUReport { return t.maxSDU }
+
+// Running reports whether a taprio read from the kernel runs its schedule:
+// the kernel has made it the operating schedule and no other is pending.
+// Before the base time, while a new schedule waits for its start, and for a
+// model built by a caller, it is false.
+func (t *Taprio) Running() bool { return t.running }
 
 // NeedsGateTimer reports whether the kernel advances this taprio's gates with
 // a software timer: not in full offload (the NIC does), nor with

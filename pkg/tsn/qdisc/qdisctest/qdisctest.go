@@ -85,10 +85,7 @@ func NewNIC(t testing.TB, txQueues int) *NIC {
 	if err := h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, 77, 0, 1), Mask: net.CIDRMask(24, 32)}}); err != nil {
 		t.Fatal(err)
 	}
-	mac, _ := net.ParseMAC("02:00:00:00:77:02")
-	if err := h.NeighAdd(&netlink.Neigh{LinkIndex: l.Attrs().Index, State: netlink.NUD_PERMANENT, IP: net.IPv4(10, 77, 0, 2), HardwareAddr: mac}); err != nil {
-		t.Fatal(err)
-	}
+	n.neighbour(t)
 	c, err := qdisc.NewClient(qdisc.WithNetNS(ns))
 	if err != nil {
 		t.Fatal(err)
@@ -150,18 +147,25 @@ func (n *NIC) SetTxQueueLen(t testing.TB, qlen int) {
 }
 
 // WaitRunning waits until tsn0 is up with carrier (IFF_LOWER_UP), as after
-// the link watcher has reactivated it.
+// the link watcher has reactivated it, and puts the neighbour back (setting
+// the link down flushes even permanent neighbours).
 func (n *NIC) WaitRunning(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if n.link(t, Name).Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
-			return
-		}
+	for n.link(t, Name).Attrs().RawFlags&unix.IFF_LOWER_UP == 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s has no carrier after 5 s", Name)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+	n.neighbour(t)
+}
+
+func (n *NIC) neighbour(t testing.TB) {
+	t.Helper()
+	mac, _ := net.ParseMAC("02:00:00:00:77:02")
+	if err := n.h.NeighSet(&netlink.Neigh{LinkIndex: n.Index(t), State: netlink.NUD_PERMANENT, IP: net.IPv4(10, 77, 0, 2), HardwareAddr: mac}); err != nil {
+		t.Fatalf("neighbour: %v", err)
 	}
 }
 

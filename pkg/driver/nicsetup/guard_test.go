@@ -1,0 +1,216 @@
+package nicsetup
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/qdisc"
+	"github.com/tsn-dra-driver/tsn-dra-driver/pkg/tsn/qdisc/qdisctest"
+)
+
+// repairFake is a Schedules and Repairer that records checks and re-applies.
+type repairFake struct {
+	mu        sync.Mutex
+	verdict   Result
+	checkErr  error
+	checks    []time.Time // since of each Check
+	reapplied int
+	// onCheck runs inside Check, without the setup's lock.
+	onCheck func()
+}
+
+func (f *repairFake) Apply(context.Context, NIC) error  { return nil }
+func (f *repairFake) Remove(context.Context, NIC) error { return nil }
+
+func (f *repairFake) Check(_ context.Context, _ NIC, since time.Time) (Verdict, error) {
+	if f.onCheck != nil {
+		f.onCheck()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.checks = append(f.checks, since)
+	return Verdict{f.verdict, "fake"}, f.checkErr
+}
+
+func (f *repairFake) Reapply(context.Context, NIC) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reapplied++
+	return nil
+}
+
+func (f *repairFake) counts() (checks, reapplied int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.checks), f.reapplied
+}
+
+type noRestorers struct{}
+
+func (noRestorers) EnsureRestorer(context.Context, string) error { return nil }
+func (noRestorers) RemoveRestorer(context.Context, string) error { return nil }
+
+var guarded = NIC{Name: "nic0", Interface: qdisctest.Name, ApplySchedule: true}
+
+func TestSetupRepair(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	f := &repairFake{verdict: ResultRepaired}
+	s := New(noRestorers{}, f)
+	if r, err := s.Repair(ctx, guarded.Interface, time.Now(), "qdisc x1"); r != ResultNotWatched || err != nil {
+		t.Fatalf("repair of an unclaimed NIC: %s %v", r, err)
+	}
+	if err := s.Acquire(ctx, guarded, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.Repair(ctx, guarded.Interface, time.Now(), "qdisc x1"); r != ResultRepaired || err != nil {
+		t.Fatalf("repair: %s %v", r, err)
+	}
+	if _, n := f.counts(); n != 1 {
+		t.Fatalf("%d re-applies, want 1", n)
+	}
+	// A schedule that still runs (or is not the driver's) is left alone.
+	f.verdict = ResultRunning
+	if r, _ := s.Repair(ctx, guarded.Interface, time.Now(), "qdisc x1"); r != ResultRunning {
+		t.Fatalf("repair of a running schedule: %s", r)
+	}
+	f.verdict, f.checkErr = ResultFailed, errors.New("boom")
+	if r, err := s.Repair(ctx, guarded.Interface, time.Now(), "qdisc x1"); r != ResultFailed || err == nil {
+		t.Fatalf("failed check: %s %v", r, err)
+	}
+	if _, n := f.counts(); n != 1 {
+		t.Fatalf("%d re-applies, want still 1", n)
+	}
+	// The last claim goes while the schedule is checked: nothing is re-applied.
+	f.verdict, f.checkErr = ResultRepaired, nil
+	f.onCheck = func() {
+		if err := s.Release(ctx, "nic0", "c1"); err != nil {
+			t.Error(err)
+		}
+	}
+	if r, _ := s.Repair(ctx, guarded.Interface, time.Now(), "qdisc x1"); r != ResultNotWatched {
+		t.Fatalf("repair of a NIC released during the check: %s", r)
+	}
+	if _, n := f.counts(); n != 1 {
+		t.Fatalf("%d re-applies, want still 1", n)
+	}
+	f.onCheck = nil
+	// An external schedule owner's NIC is never watched.
+	s2 := New(noRestorers{}, f)
+	if err := s2.Acquire(ctx, NIC{Name: "nic0", Interface: qdisctest.Name}, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := s2.Repair(ctx, guarded.Interface, time.Now(), "qdisc x1"); r != ResultNotWatched {
+		t.Fatalf("repair with scheduleOwner external: %s", r)
+	}
+}
+
+// The guard turns rtnetlink notifications into one check per burst, only
+// for NICs a claim uses, and not for the driver's own qdisc changes. Runs as
+// root on any kernel with clsact (the host's too).
+func TestGuardEvents(t *testing.T) {
+	n := qdisctest.NewNIC(t, 4)
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	f := &repairFake{verdict: ResultRepaired}
+	s := New(noRestorers{}, f)
+	if err := s.Acquire(ctx, guarded, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	m := NewGuardMetrics(reg)
+	port, err := n.Client.PortID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := NewGuard(s, WithGuardNetNS(n.NS), WithOwnPort(port), WithSettle(50*time.Millisecond), WithGuardMetrics(m))
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("guard: %v", err)
+		}
+	})
+	select {
+	case <-g.Ready():
+	case err := <-done:
+		t.Fatalf("guard stopped: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("guard not subscribed after 5 s")
+	}
+
+	repairs := 0
+	expect := func(t *testing.T, event string) {
+		t.Helper()
+		repairs++
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if _, r := f.counts(); r == repairs {
+				break
+			} else if r > repairs {
+				t.Fatalf("%d repairs, want %d: the burst was not handled once", r, repairs)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no repair after %s", event)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if v := testutil.ToFloat64(m.events.WithLabelValues("nic0", event)); v < 1 {
+			t.Errorf("deactivations{event=%s} = %v", event, v)
+		}
+		time.Sleep(150 * time.Millisecond) // nothing more comes of it
+		if _, r := f.counts(); r != repairs {
+			t.Fatalf("%d repairs after %s, want %d", r, event, repairs)
+		}
+	}
+	expectNone := func(t *testing.T, what string) {
+		t.Helper()
+		time.Sleep(300 * time.Millisecond)
+		if _, r := f.counts(); r != repairs {
+			t.Fatalf("%s: %d repairs, want %d", what, r, repairs)
+		}
+	}
+
+	before := time.Now()
+	n.AddClsact(t)
+	expect(t, eventQdisc)
+	if f.checks[0].Before(before) {
+		t.Errorf("check since %v, before the event (%v)", f.checks[0], before)
+	}
+	// The driver's own change (its qdisc client's port) is not an event.
+	if err := n.Client.Delete(n.Index(t), qdisc.Handle(0xfffffff1)); err != nil {
+		t.Fatal(err)
+	}
+	expectNone(t, "the driver's own qdisc change")
+
+	n.SetUp(t, qdisctest.Name, false)
+	time.Sleep(100 * time.Millisecond) // down for longer than the settle time: still one check, once up
+	n.SetUp(t, qdisctest.Name, true)
+	expect(t, eventLinkDown)
+
+	n.SetUp(t, qdisctest.Peer, false)
+	time.Sleep(100 * time.Millisecond)
+	n.SetUp(t, qdisctest.Peer, true)
+	expect(t, eventCarrier)
+
+	n.SetTxQueueLen(t, 500)
+	expect(t, eventTxQueueLen)
+
+	if got := testutil.ToFloat64(m.repairs.WithLabelValues("nic0", string(ResultRepaired))); got != float64(repairs) {
+		t.Errorf("repairs{result=repaired} = %v, want %d", got, repairs)
+	}
+
+	// Without a claim the NIC is not watched.
+	if err := s.Release(ctx, "nic0", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	n.AddClsact(t)
+	expectNone(t, "an event on a NIC without claims")
+}
