@@ -42,11 +42,14 @@ type dataPath struct {
 	mgr   *datapath.Manager
 	qdisc *qdisc.Client
 	hooks nicsetup.ClaimHooks
+	// stopGuard stops the taprio guard and waits for it.
+	stopGuard func()
 }
 
-// openDataPath loads (or adopts) the data path. nics looks NICs up in the
-// driver's current node config.
-func openDataPath(ctx context.Context, f *dataPathFlags, nics func(string) (config.NIC, bool)) (*dataPath, error) {
+// openDataPath loads (or adopts) the data path, and starts the guard that
+// re-applies NIC schedules an event stopped (docs/qdisc.md). nics looks NICs
+// up in the driver's current node config.
+func openDataPath(ctx context.Context, f *dataPathFlags, nics func(string) (config.NIC, bool), reg prometheus.Registerer) (*dataPath, error) {
 	mode := datapath.AttachMode(f.saverAttach)
 	if mode != datapath.ModeTC && mode != datapath.ModeTCX {
 		return nil, fmt.Errorf("--saver-attach=%q: want tc or tcx", f.saverAttach)
@@ -62,7 +65,25 @@ func openDataPath(ctx context.Context, f *dataPathFlags, nics func(string) (conf
 		return nil, fmt.Errorf("open the qdisc client: %w", err)
 	}
 	setup := nicsetup.New(mgr, nicsetup.NewQdiscSchedules(qc, nics))
-	return &dataPath{mgr: mgr, qdisc: qc, hooks: nicsetup.ClaimHooks{Setup: setup, NICs: nics}}, nil
+	port, err := qc.PortID()
+	if err != nil {
+		qc.Close()
+		_ = mgr.Close()
+		return nil, fmt.Errorf("netlink port of the qdisc client: %w", err)
+	}
+	guard := nicsetup.NewGuard(setup, nicsetup.WithOwnPort(port), nicsetup.WithGuardMetrics(nicsetup.NewGuardMetrics(reg)))
+	gctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// A guard that cannot watch leaves schedules unrepaired, not pods
+		// unserved: logged, not fatal.
+		if err := guard.Run(gctx); err != nil {
+			klog.FromContext(ctx).Error(err, "Taprio guard stopped: NIC schedules stopped by link or qdisc events are not repaired")
+		}
+	}()
+	return &dataPath{mgr: mgr, qdisc: qc, hooks: nicsetup.ClaimHooks{Setup: setup, NICs: nics},
+		stopGuard: func() { cancel(); <-done }}, nil
 }
 
 // resume re-acquires the NICs of the claims prepared before a restart: the
@@ -91,6 +112,7 @@ func (p *dataPath) runNRI(ctx context.Context, f *dataPathFlags, driverName stri
 // close releases handles; attached programs, pins and qdiscs stay, so pods
 // keep being served while the driver restarts.
 func (p *dataPath) close() error {
+	p.stopGuard()
 	p.qdisc.Close()
 	return p.mgr.Close()
 }

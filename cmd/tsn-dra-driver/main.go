@@ -133,7 +133,7 @@ func run(ctx context.Context, f *flags) error {
 	// The NIC setup looks NICs up in the driver's config, and the driver calls
 	// the NIC setup from Prepare: the closure breaks the cycle.
 	var d *driver.Driver
-	dp, err := openDataPath(ctx, &f.dataPath, func(name string) (config.NIC, bool) { return d.NICConfig(name) })
+	dp, err := openDataPath(ctx, &f.dataPath, func(name string) (config.NIC, bool) { return d.NICConfig(name) }, reg)
 	if err != nil {
 		return err
 	}
