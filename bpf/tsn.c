@@ -46,6 +46,12 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Entries per bucket. */
 #define WAYS 4
+/* A pod takes at most this many ways of its home bucket; its further packets
+ * go to their second bucket. Flows of the same shape (length, protocol) share
+ * home buckets (see bucket_of), so without the cap one pod at its quota could
+ * fill every home bucket of the window and push another pod's packets into
+ * second buckets, where a few find no room. */
+#define HOME_SHARE 2
 
 /* Set by the loader before load; constant for the verifier and the JIT. */
 volatile const __u8 have_clock_types = 0; /* __sk_buff->tstamp_type says TAI/MONO (>= 6.11) */
@@ -80,7 +86,8 @@ struct tsn_bucket {
 	__u32 state[WAYS]; /* per way: sequence | poison | state */
 	__u32 tag[WAYS];   /* per way: hash of the key, to skip other packets' lines */
 	__u32 overflow;    /* live entries of this bucket that sit in their second bucket */
-	__u32 pad[7];
+	__u16 owner[WAYS]; /* per way: the slot that saved it (valid while the way is not free) */
+	__u32 pad[5];
 };
 
 struct tsn_policy {
@@ -351,6 +358,16 @@ static __always_inline int scan_bucket(struct tsn_bucket *b, __u32 bi, struct sa
 	return SCAN_NONE;
 }
 
+/* How many ways of bucket b hold (or are being written with) entries of slot. */
+static __always_inline int owned_ways(struct tsn_bucket *b, __u32 slot)
+{
+	int way, n = 0;
+	for (way = 0; way < WAYS; way++)
+		if ((b->state[way] & ST_MASK) != ST_FREE && b->owner[way] == slot)
+			n++;
+	return n;
+}
+
 /* Takes an expired way of bucket b if there is one. */
 static __always_inline void expired_way(struct tsn_bucket *b, __u32 bi, __u32 now, int *cand, __u32 *cand_s)
 {
@@ -444,7 +461,10 @@ int tsn_saver(struct __sk_buff *skb)
 		return TSN_PASS;
 	int cand1 = -1, cand2 = -1, r;
 	__u32 cand1_s = 0, cand2_s = 0;
+	int home_full = owned_ways(b1, slot) >= HOME_SHARE;
 	r = scan_bucket(b1, b1i, &sv, &cand1, &cand1_s);
+	if (home_full)
+		cand1 = -1;
 	if (r == SCAN_NONE && (b1->overflow || cand1 < 0))
 		r = scan_bucket(b2, b2i, &sv, &cand2, &cand2_s);
 	if (r == SCAN_SHARED) {
@@ -460,7 +480,8 @@ int tsn_saver(struct __sk_buff *skb)
 	__u32 bi = b1i, cand_s = cand1_s, home = 0;
 	int cand = cand1;
 	if (cand < 0) {
-		expired_way(b1, b1i, sv.now, &cand, &cand_s);
+		if (!home_full)
+			expired_way(b1, b1i, sv.now, &cand, &cand_s);
 		if (cand < 0) {
 			b = b2;
 			bi = b2i;
@@ -489,6 +510,7 @@ int tsn_saver(struct __sk_buff *skb)
 		c->missed++;
 		return TSN_PASS;
 	}
+	b->owner[cand] = slot;
 	struct tsn_way *e = way_of(bi, cand);
 	if (!e) {
 		__sync_val_compare_and_swap(&b->state[cand], mine, cand_s);

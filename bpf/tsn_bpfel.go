@@ -18,7 +18,8 @@ type TsnTsnBucket struct {
 	State    [4]uint32
 	Tag      [4]uint32
 	Overflow uint32
-	Pad      [7]uint32
+	Owner    [4]uint16
+	Pad      [5]uint32
 }
 
 type TsnTsnCounters struct {
