@@ -5,6 +5,11 @@
 //
 // It counts claims, not pods: claims are what kubelet prepares and
 // unprepares, and what the checkpoint remembers across restarts.
+//
+// A software taprio stops for good when its device is deactivated (a link
+// flap, a lost carrier, another process's qdisc change): Guard watches the
+// NICs the driver schedules for such events and has Setup.Repair rebuild the
+// schedule.
 package nicsetup
 
 import (

@@ -9,5 +9,7 @@
 //
 // Times are integers in the units the kernel uses: nanoseconds on the qdisc's
 // clock (CLOCK_TAI for TSN), so that a decoded model compares exactly with the
-// one that was applied.
+// one that was applied. Where the kernel reports something else than what was
+// asked for (6.12's max-SDU limits, lowered to the gate windows), the comparison
+// knows what the kernel does.
 package qdisc
