@@ -190,6 +190,11 @@ func (r *report) markdown() string {
 			w("| NRI StopPodSandbox (detach saver, %s) | %s | %s | | same |\n", x.mode, ms(x.stopP50), ms(x.stopP99))
 		}
 		w("\n")
+		if len(r.nri) > 0 {
+			w("The bench runs at `nice 10`. The hooks' tail is kernel time in the attach's three requests (clsact,\n")
+			w("cls_bpf filter, bpffs pin), which under CPU load now and then take tens to a hundred milliseconds;\n")
+			w("it follows the machine's load, not the Go code (docs/pod-lifecycle.md, \"Latency of the hooks\").\n\n")
+		}
 	}
 
 	if r.rssIdle > 0 {
