@@ -88,7 +88,10 @@ func openDataPath(ctx context.Context, f *dataPathFlags, nics func(string) (conf
 
 // resume re-acquires the NICs of the claims prepared before a restart: the
 // setup's claim counts live in memory, and a NIC whose schedule or restorer
-// went away while the driver was down is put right again.
+// went away while the driver was down is put right again. A schedule still
+// in place but stopped while the driver was down (a link flap, another
+// process's qdisc change) looks as applied: the guard, which was told of the
+// setup's NICs in NewGuard, checks each NIC once as it begins to watch it.
 func (p *dataPath) resume(ctx context.Context, claims []driver.PreparedClaim) error {
 	var errs []error
 	for _, c := range claims {

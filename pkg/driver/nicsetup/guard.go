@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -37,6 +38,14 @@ import (
 // After an event the Guard waits until the link is up with carrier and quiet
 // for a moment, then calls Setup.Repair, which re-applies the schedule unless
 // packets are seen leaving through it.
+//
+// A stop nobody watched sends no event: one while the daemon was down
+// (restart, crash, upgrade), or while no claim used the NIC. So each NIC is
+// also checked once when the Guard begins to watch it (Setup.RepairAdopted):
+// those the setup watches when Run subscribes (claims resumed before), and
+// each one the setup begins to watch later (Setup.OnWatch: the resumed
+// claims of a restart, a checkpoint rebuilt in the background, a NIC
+// claimed again).
 type Guard struct {
 	setup   *Setup
 	ns      netns.NsHandle
@@ -44,6 +53,13 @@ type Guard struct {
 	settle  time.Duration
 	metrics *GuardMetrics
 	ready   chan struct{}
+
+	amu sync.Mutex
+	// adopts are the NICs to check once (by interface), and since when the
+	// guard watches them; subscribed is when Run subscribed (zero before).
+	adopts     map[string]time.Time
+	subscribed time.Time
+	wake       chan struct{}
 }
 
 // GuardOption configures a Guard.
@@ -67,11 +83,42 @@ func WithGuardMetrics(m *GuardMetrics) GuardOption { return func(g *Guard) { g.m
 
 // NewGuard returns a guard for the NICs of setup.
 func NewGuard(setup *Setup, opts ...GuardOption) *Guard {
-	g := &Guard{setup: setup, ns: netns.None(), settle: 200 * time.Millisecond, ready: make(chan struct{})}
+	g := &Guard{setup: setup, ns: netns.None(), settle: 200 * time.Millisecond, ready: make(chan struct{}),
+		adopts: map[string]time.Time{}, wake: make(chan struct{}, 1)}
 	for _, o := range opts {
 		o(g)
 	}
+	setup.OnWatch(g.adopt)
 	return g
+}
+
+// adopt queues the check of a NIC the guard watches from since on. It runs
+// under the setup's lock (Setup.OnWatch): it takes only the guard's own.
+func (g *Guard) adopt(nic NIC, since time.Time) {
+	g.amu.Lock()
+	if cur, ok := g.adopts[nic.Interface]; !ok || since.After(cur) {
+		g.adopts[nic.Interface] = since
+	}
+	g.amu.Unlock()
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
+// takeAdopts returns the queued checks. Nothing was seen before the guard
+// subscribed, so none is since an earlier time.
+func (g *Guard) takeAdopts() map[string]time.Time {
+	g.amu.Lock()
+	defer g.amu.Unlock()
+	out := g.adopts
+	g.adopts = map[string]time.Time{}
+	for ifname, since := range out {
+		if since.Before(g.subscribed) {
+			out[ifname] = g.subscribed
+		}
+	}
+	return out
 }
 
 // Ready is closed once Run has subscribed to the events: what happens after
@@ -95,7 +142,10 @@ func NewGuardMetrics(reg prometheus.Registerer) *GuardMetrics {
 		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "tsn_dra", Subsystem: "nic", Name: "schedule_repairs_total",
 			Help: "Checks of a NIC's TSN schedule after deactivations, by result: repaired (built anew), still_running, " +
-				"built_after_event, not_ours (left alone), no_gate_timer, failed.",
+				"built_after_event, not_ours (left alone), no_gate_timer, failed; and once when the driver begins to watch a NIC " +
+				"(after a restart, or a NIC claimed again: a stop from before sent no event): adopted_repaired (it had stopped), " +
+				"adopted_idle_rebuilt (no traffic to tell: built anew, same base time), adopted_still_running, adopted_built " +
+				"(built by this process), adopted_not_ours, adopted_no_gate_timer, adopted_failed.",
 		}, []string{"nic", "result"}),
 	}
 	reg.MustRegister(m.events, m.repairs)
@@ -132,11 +182,16 @@ type linkState struct {
 func (l linkState) up() bool      { return l.flags&unix.IFF_UP != 0 }
 func (l linkState) carrier() bool { return l.flags&unix.IFF_LOWER_UP != 0 }
 
-// pending is a NIC that saw events and waits for its check.
+// pending is a NIC that saw events, or that the guard began to watch, and
+// waits for its check.
 type pending struct {
-	since  time.Time // the first event
-	last   time.Time // the last event or link change
+	// since is when the last event was received (or watching began): a
+	// schedule built after it was not stopped by anything seen.
+	since  time.Time
+	last   time.Time // the last event or link change, for the settle time
 	events map[string]int
+	// adopted: the guard began to watch the NIC (RepairAdopted).
+	adopted bool
 }
 
 func (p *pending) String() string {
@@ -200,7 +255,17 @@ func (g *Guard) Run(ctx context.Context) error {
 		}
 	}()
 	defer func() { <-readerDone }()
-	logger.Info("Watching NICs for events that stop taprio", "settle", g.settle)
+	// The NICs the setup already watches (claims resumed before the
+	// subscription) are checked once, as are the ones it begins to watch
+	// from now on (adopt).
+	g.amu.Lock()
+	g.subscribed = time.Now()
+	g.amu.Unlock()
+	watched := g.setup.WatchedNICs()
+	for _, nic := range watched {
+		g.adopt(nic, time.Time{})
+	}
+	logger.Info("Watching NICs for events that stop taprio", "settle", g.settle, "nics", len(watched))
 	close(g.ready)
 
 	waiting := map[string]*pending{} // by interface name
@@ -227,6 +292,10 @@ func (g *Guard) Run(ctx context.Context) error {
 			}
 			for _, m := range r.msgs {
 				g.handle(ctx, m, r.at, links, waiting)
+			}
+		case <-g.wake:
+			for ifname, since := range g.takeAdopts() {
+				g.markAdopted(ctx, waiting, ifname, since)
 			}
 		case <-timer.C:
 		}
@@ -341,11 +410,35 @@ func (g *Guard) mark(waiting map[string]*pending, ifname, event string, at time.
 	g.metrics.event(nic.Name, event)
 	p := waiting[ifname]
 	if p == nil {
-		p = &pending{since: at, events: map[string]int{}}
+		p = &pending{events: map[string]int{}}
 		waiting[ifname] = p
+	}
+	if at.After(p.since) {
+		p.since = at
 	}
 	p.last = time.Now()
 	p.events[event]++
+}
+
+// markAdopted queues the one check of a NIC the guard began to watch at
+// since; it runs once the NIC is up with carrier and settled, like the
+// check after an event (and is that check too, if events came meanwhile).
+func (g *Guard) markAdopted(ctx context.Context, waiting map[string]*pending, ifname string, since time.Time) {
+	nic, ok := g.setup.Watched(ifname)
+	if !ok {
+		return
+	}
+	klog.FromContext(ctx).V(2).Info("Began to watch a NIC: its schedule will be checked once", "nic", nic.Name, "interface", ifname, "since", since)
+	p := waiting[ifname]
+	if p == nil {
+		p = &pending{events: map[string]int{}}
+		waiting[ifname] = p
+	}
+	if since.After(p.since) {
+		p.since = since
+	}
+	p.last = time.Now()
+	p.adopted = true
 }
 
 // ready reports whether the NIC's link is up with carrier, and since when
@@ -367,7 +460,12 @@ func (g *Guard) checkDue(ctx context.Context, links map[int]linkState, waiting m
 		}
 		delete(waiting, ifname)
 		nic, _ := g.setup.Watched(ifname)
-		res, _ := g.setup.Repair(ctx, ifname, p.since, p.String())
+		var res Result
+		if p.adopted {
+			res, _ = g.setup.RepairAdopted(ctx, ifname, p.since, p.String())
+		} else {
+			res, _ = g.setup.Repair(ctx, ifname, p.since, p.String())
+		}
 		g.metrics.repair(nic.Name, res)
 	}
 }

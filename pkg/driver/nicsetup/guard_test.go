@@ -19,6 +19,7 @@ import (
 type repairFake struct {
 	mu        sync.Mutex
 	verdict   Result
+	idle      bool
 	checkErr  error
 	checks    []time.Time // since of each Check
 	reapplied int
@@ -36,7 +37,7 @@ func (f *repairFake) Check(_ context.Context, _ NIC, since time.Time) (Verdict, 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.checks = append(f.checks, since)
-	return Verdict{f.verdict, "fake"}, f.checkErr
+	return Verdict{Result: f.verdict, Detail: "fake", Idle: f.idle}, f.checkErr
 }
 
 func (f *repairFake) Reapply(context.Context, NIC) error {
@@ -130,24 +131,11 @@ func TestGuardEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := NewGuard(s, WithGuardNetNS(n.NS), WithOwnPort(port), WithSettle(50*time.Millisecond), WithGuardMetrics(m))
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("guard: %v", err)
-		}
-	})
-	select {
-	case <-g.Ready():
-	case err := <-done:
-		t.Fatalf("guard stopped: %v", err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("guard not subscribed after 5 s")
-	}
+	started := time.Now()
+	startGuard(t, ctx, cancel, g)
 
 	repairs := 0
-	expect := func(t *testing.T, event string) {
+	wait := func(t *testing.T, what string) {
 		t.Helper()
 		repairs++
 		deadline := time.Now().Add(5 * time.Second)
@@ -158,10 +146,26 @@ func TestGuardEvents(t *testing.T) {
 				t.Fatalf("%d repairs, want %d: the burst was not handled once", r, repairs)
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("no repair after %s", event)
+				t.Fatalf("no repair after %s", what)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	}
+	// The claim came before the guard: its NIC is checked once as the guard
+	// begins to watch it, for a stop nobody saw.
+	wait(t, "the guard's start")
+	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(m.repairs.WithLabelValues("nic0", string(ResultAdoptedRepaired))) != 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("repairs{result=adopted_repaired} not 1 after the guard's start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if f.checks[0].Before(started) {
+		t.Errorf("check of the adopted NIC since %v, before the guard started (%v): events then were not missed", f.checks[0], started)
+	}
+	expect := func(t *testing.T, event string) {
+		t.Helper()
+		wait(t, event)
 		if v := testutil.ToFloat64(m.events.WithLabelValues("nic0", event)); v < 1 {
 			t.Errorf("deactivations{event=%s} = %v", event, v)
 		}
@@ -181,8 +185,8 @@ func TestGuardEvents(t *testing.T) {
 	before := time.Now()
 	n.AddClsact(t)
 	expect(t, eventQdisc)
-	if f.checks[0].Before(before) {
-		t.Errorf("check since %v, before the event (%v)", f.checks[0], before)
+	if f.checks[1].Before(before) {
+		t.Errorf("check since %v, before the event (%v)", f.checks[1], before)
 	}
 	// The driver's own change (its qdisc client's port) is not an event.
 	if err := n.Client.Delete(n.Index(t), qdisc.Handle(0xfffffff1)); err != nil {
@@ -203,8 +207,8 @@ func TestGuardEvents(t *testing.T) {
 	n.SetTxQueueLen(t, 500)
 	expect(t, eventTxQueueLen)
 
-	if got := testutil.ToFloat64(m.repairs.WithLabelValues("nic0", string(ResultRepaired))); got != float64(repairs) {
-		t.Errorf("repairs{result=repaired} = %v, want %d", got, repairs)
+	if got := testutil.ToFloat64(m.repairs.WithLabelValues("nic0", string(ResultRepaired))); got != float64(repairs-1) {
+		t.Errorf("repairs{result=repaired} = %v, want %d", got, repairs-1)
 	}
 
 	// Without a claim the NIC is not watched.
@@ -213,4 +217,151 @@ func TestGuardEvents(t *testing.T) {
 	}
 	n.AddClsact(t)
 	expectNone(t, "an event on a NIC without claims")
+}
+
+// startGuard runs g until the test ends and waits until it has subscribed.
+func startGuard(t *testing.T, ctx context.Context, cancel context.CancelFunc, g *Guard) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("guard: %v", err)
+		}
+	})
+	select {
+	case <-g.Ready():
+	case err := <-done:
+		t.Fatalf("guard stopped: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("guard not subscribed after 5 s")
+	}
+}
+
+func TestSetupRepairAdopted(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	f := &repairFake{}
+	s := New(noRestorers{}, f)
+	if r, err := s.RepairAdopted(ctx, guarded.Interface, time.Now(), ""); r != ResultNotWatched || err != nil {
+		t.Fatalf("check of an unclaimed NIC: %s %v", r, err)
+	}
+	if err := s.Acquire(ctx, guarded, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		verdict   Result
+		idle      bool
+		err       error
+		want      Result
+		reapplied int
+	}{
+		{ResultRepaired, false, nil, ResultAdoptedRepaired, 1},
+		{ResultRepaired, true, nil, ResultAdoptedIdle, 1},
+		{ResultRunning, false, nil, ResultAdoptedRunning, 0},
+		{ResultRebuilt, false, nil, ResultAdoptedBuilt, 0},
+		{ResultNotOurs, false, nil, ResultAdoptedNotOurs, 0},
+		{ResultNoGateTimer, false, nil, ResultAdoptedNoGateTimer, 0},
+		{ResultFailed, false, errors.New("boom"), ResultAdoptedFailed, 0},
+	} {
+		f.verdict, f.idle, f.checkErr = c.verdict, c.idle, c.err
+		_, before := f.counts()
+		r, err := s.RepairAdopted(ctx, guarded.Interface, time.Now(), "")
+		if r != c.want || (err != nil) != (c.err != nil) {
+			t.Errorf("verdict %s (idle %v): %s %v, want %s", c.verdict, c.idle, r, err, c.want)
+		}
+		if _, after := f.counts(); after-before != c.reapplied {
+			t.Errorf("verdict %s (idle %v): %d re-applies, want %d", c.verdict, c.idle, after-before, c.reapplied)
+		}
+	}
+}
+
+// The guard checks a NIC once when it begins to watch it: the first claim
+// on it, a claim again after the last one went; not for a second claim on a
+// watched NIC, nor for a NIC whose schedule is someone else's, and not
+// before its link is up. Root, any kernel with clsact (the host's too).
+func TestGuardAdopts(t *testing.T) {
+	n := qdisctest.NewNIC(t, 4)
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	f := &repairFake{verdict: ResultRunning}
+	s := New(noRestorers{}, f)
+	reg := prometheus.NewRegistry()
+	m := NewGuardMetrics(reg)
+	port, err := n.Client.PortID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := NewGuard(s, WithGuardNetNS(n.NS), WithOwnPort(port), WithSettle(50*time.Millisecond), WithGuardMetrics(m))
+	startGuard(t, ctx, cancel, g)
+
+	checks := 0
+	expect := func(t *testing.T, what string, since time.Time) {
+		t.Helper()
+		checks++
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if c, _ := f.counts(); c == checks {
+				break
+			} else if c > checks {
+				t.Fatalf("%s: %d checks, want %d", what, c, checks)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no check", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		f.mu.Lock()
+		got := f.checks[checks-1]
+		f.mu.Unlock()
+		if got.Before(since) {
+			t.Errorf("%s: checked since %v, before watching began (%v)", what, got, since)
+		}
+		// Counted once the check returns.
+		for testutil.ToFloat64(m.repairs.WithLabelValues("nic0", string(ResultAdoptedRunning))) != float64(checks) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: repairs{result=adopted_still_running} = %v, want %d", what,
+					testutil.ToFloat64(m.repairs.WithLabelValues("nic0", string(ResultAdoptedRunning))), checks)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	expectNone := func(t *testing.T, what string) {
+		t.Helper()
+		time.Sleep(300 * time.Millisecond)
+		if c, _ := f.counts(); c != checks {
+			t.Fatalf("%s: %d checks, want %d", what, c, checks)
+		}
+	}
+
+	before := time.Now()
+	if err := s.Acquire(ctx, guarded, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, "the first claim", before)
+	if err := s.Acquire(ctx, guarded, "c2"); err != nil {
+		t.Fatal(err)
+	}
+	expectNone(t, "a second claim on a watched NIC")
+	if err := s.Acquire(ctx, NIC{Name: "nic1", Interface: qdisctest.Peer}, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	expectNone(t, "a claim on a NIC whose schedule is someone else's")
+
+	for _, uid := range []string{"c1", "c2"} {
+		if err := s.Release(ctx, "nic0", uid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n.SetUp(t, qdisctest.Name, false) // unwatched: no event
+	before = time.Now()
+	if err := s.Acquire(ctx, guarded, "c3"); err != nil {
+		t.Fatal(err)
+	}
+	expectNone(t, "a claim again, the link down")
+	n.SetUp(t, qdisctest.Name, true)
+	expect(t, "a claim again, the link back up", before)
+	if v := testutil.ToFloat64(m.repairs.WithLabelValues("nic0", string(ResultRunning))); v != 0 {
+		t.Errorf("repairs{result=still_running} = %v: an adoption counted as an event's check", v)
+	}
 }

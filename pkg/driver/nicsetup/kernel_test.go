@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -157,8 +158,9 @@ func probe(t *testing.T, n *qdisctest.NIC) qdisctest.Traffic {
 
 // The driver's schedule on a NIC, stopped by an event (another process's
 // clsact, a link flap, the carrier lost): without the guard it stays
-// stopped; with it, the schedule is built anew with its base time and
-// traffic goes through the gates again. (A qdisc grafted under the driver's
+// stopped; a guard started then finds it in its first check of the NIC;
+// after an event the guard sees, the schedule is built anew with its base
+// time and traffic goes through the gates again. (A qdisc grafted under the driver's
 // taprio stops it too, but makes the tree someone else's: the guard leaves
 // it, and the next claim's Acquire rebuilds it.)
 func TestKernelGuardRepairsStoppedSchedule(t *testing.T) {
@@ -239,21 +241,20 @@ func TestKernelGuardRepairsStoppedSchedule(t *testing.T) {
 				}
 			}()
 			<-g.Ready()
+			// The guard begins to watch a NIC whose schedule stopped
+			// unseen: its first check finds it and builds it anew.
+			// (Idle when the event flushed the queue: clsact's delete.)
+			if r := waitAdopted(t, m, "nic0"); r != ResultAdoptedRepaired && r != ResultAdoptedIdle {
+				t.Fatalf("the guard's first check = %s, want %s or %s", r, ResultAdoptedRepaired, ResultAdoptedIdle)
+			}
+			adopted := waitRebuilt(t, n.Client, first.Handle, "the guard's start")
+			if tr := probe(t, n); tr.ProbeGates() != qdisctest.GatesRunning {
+				t.Fatalf("after the guard's first check the schedule is %s: %s", tr.ProbeGates(), tr)
+			}
+			first = adopted
 			start := time.Now()
 			ev.do(t, n, n.Client)
-			deadline := time.Now().Add(10 * time.Second)
-			var repaired *qdisc.Installed
-			for {
-				// Mid-repair the root is the kernel's default for a moment.
-				if r := rootOf(t, n.Client); r != nil && r.Kind == "taprio" && r.Handle != first.Handle {
-					repaired = r
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("no repair 10 s after %s", ev.name)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			repaired := waitRebuilt(t, n.Client, first.Handle, ev.name)
 			tp2 := repaired.Qdisc.(*qdisc.Taprio)
 			if tp2.BaseTime != tp.BaseTime {
 				t.Errorf("the repair moved the base time %d -> %d", tp.BaseTime, tp2.BaseTime)
@@ -272,6 +273,22 @@ func TestKernelGuardRepairsStoppedSchedule(t *testing.T) {
 				t.Errorf("deactivations{event=%s} = %v", ev.event, v)
 			}
 		})
+	}
+}
+
+// waitRebuilt waits up to 10 s for a taprio root other than old and returns it.
+func waitRebuilt(t *testing.T, c *qdisc.Client, old qdisc.Handle, after string) *qdisc.Installed {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		// Mid-repair the root is the kernel's default for a moment.
+		if r := rootOf(t, c); r != nil && r.Kind == "taprio" && r.Handle != old {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no repair 10 s after %s", after)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -321,5 +338,214 @@ func TestKernelGuardLeavesRunningAndForeignSchedules(t *testing.T) {
 	}
 	if after := rootOf(t, n.Client); after.Handle != before.Handle {
 		t.Fatalf("someone else's root was replaced: %s -> %s", before.Handle, after.Handle)
+	}
+}
+
+// adoptedResults are the results of the check of a NIC the guard begins to watch.
+var adoptedResults = []Result{ResultAdoptedRepaired, ResultAdoptedIdle, ResultAdoptedRunning, ResultAdoptedBuilt,
+	ResultAdoptedNotOurs, ResultAdoptedNoGateTimer, ResultAdoptedFailed}
+
+// waitAdopted waits up to 10 s for the check of an adopted NIC and returns
+// its result (the one adopted_ counter that went to 1).
+func waitAdopted(t *testing.T, m *GuardMetrics, nic string) Result {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var got []Result
+		for _, r := range adoptedResults {
+			if v := testutil.ToFloat64(m.repairs.WithLabelValues(nic, string(r))); v > 0 {
+				got = append(got, r)
+			}
+		}
+		switch {
+		case len(got) > 1:
+			t.Fatalf("the adopted NIC was checked more than once: %v", got)
+		case len(got) == 1:
+			return got[0]
+		case time.Now().After(deadline):
+			t.Fatal("the adopted NIC was not checked within 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// openPrios are the classes of probeSchedule whose gates open: traffic on
+// them alone leaves nothing queued behind a running schedule.
+var openPrios = []int{0, 1}
+
+// A schedule stopped while the daemon was down sends the next daemon's
+// guard no event. The guard checks each NIC it begins to watch once: a
+// stopped schedule (traffic waits behind its gates) is built anew with its
+// base time, whether the guard started before the claims were resumed (the
+// daemon's order) or after; one that nothing stopped and that carries
+// traffic is left alone; an idle one cannot be told from a stopped one and
+// is built anew to be sure.
+func TestKernelGuardRepairsScheduleStoppedWhileDown(t *testing.T) {
+	cases := []struct {
+		name string
+		// whileDown happens while no daemon runs; nil: nothing.
+		whileDown func(t *testing.T, n *qdisctest.NIC)
+		// guardFirst: the new guard runs before the claim is resumed.
+		guardFirst bool
+		// traffic: packets of the open classes flow during the check.
+		traffic bool
+		want    Result
+	}{
+		{"tsn0 down and up, guard then resume", func(t *testing.T, n *qdisctest.NIC) {
+			n.SetUp(t, qdisctest.Name, false)
+			n.SetUp(t, qdisctest.Name, true)
+		}, true, false, ResultAdoptedRepaired},
+		{"clsact added, resume then guard", func(t *testing.T, n *qdisctest.NIC) { n.AddClsact(t) }, false, false, ResultAdoptedRepaired},
+		{"nothing, traffic flowing", nil, true, true, ResultAdoptedRunning},
+		{"nothing, idle", nil, true, false, ResultAdoptedIdle},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			n := qdisctest.NewNIC(t, 4)
+			n.RequireKinds(t, "taprio")
+			_, ctx := ktesting.NewTestContext(t)
+			var sched schedule.Schedule
+			if err := json.Unmarshal([]byte(probeSchedule), &sched); err != nil {
+				t.Fatal(err)
+			}
+			cfg := config.NIC{Name: "nic0", Schedule: sched}
+			nics := func(name string) (config.NIC, bool) { return cfg, name == "nic0" }
+			// daemon starts a setup and its guard over client c, the
+			// guard first or the claim first.
+			type daemon struct {
+				setup  *Setup
+				m      *GuardMetrics
+				stop   func()
+				resume time.Time
+			}
+			start := func(c *qdisc.Client, guardFirst bool) *daemon {
+				d := &daemon{setup: New(noRestorers{}, NewQdiscSchedules(c, nics)), m: NewGuardMetrics(prometheus.NewRegistry())}
+				port, err := c.PortID()
+				if err != nil {
+					t.Fatal(err)
+				}
+				g := NewGuard(d.setup, WithGuardNetNS(n.NS), WithOwnPort(port), WithSettle(100*time.Millisecond), WithGuardMetrics(d.m))
+				gctx, cancel := context.WithCancel(ctx)
+				done := make(chan error, 1)
+				ran := false
+				run := func() {
+					ran = true
+					go func() { done <- g.Run(gctx) }()
+					select {
+					case <-g.Ready():
+					case err := <-done:
+						ran = false
+						t.Fatalf("guard: %v", err)
+					}
+				}
+				var once sync.Once
+				d.stop = func() {
+					once.Do(func() {
+						cancel()
+						if !ran {
+							return
+						}
+						if err := <-done; err != nil {
+							t.Errorf("guard: %v", err)
+						}
+					})
+				}
+				t.Cleanup(d.stop)
+				if guardFirst {
+					run()
+				}
+				d.resume = time.Now()
+				if err := d.setup.Acquire(ctx, guarded, "c1"); err != nil {
+					t.Fatal(err)
+				}
+				if !guardFirst {
+					run()
+				}
+				return d
+			}
+
+			// The first daemon builds the schedule; its guard's check of
+			// the NIC finds it built by this process.
+			d1 := start(n.Client, true)
+			if r := waitAdopted(t, d1.m, "nic0"); r != ResultAdoptedBuilt {
+				t.Fatalf("first daemon: the check of the NIC it built the schedule on = %s, want %s", r, ResultAdoptedBuilt)
+			}
+			first := rootOf(t, n.Client)
+			tp := first.Qdisc.(*qdisc.Taprio)
+			qdisctest.WaitStarted(t, tp)
+			if tr := n.Send(t, openPrios, 30, time.Millisecond, 50*time.Millisecond); tr.ProbeGates() != qdisctest.GatesRunning {
+				t.Fatalf("first daemon: the schedule is %s: %s", tr.ProbeGates(), tr)
+			}
+
+			// The daemon goes down; the NIC may be deactivated meanwhile.
+			d1.stop()
+			if tc.whileDown != nil {
+				tc.whileDown(t, n)
+				n.WaitRunning(t)
+				tr := n.Send(t, openPrios, 30, time.Millisecond, 50*time.Millisecond)
+				t.Logf("while down: gates %s: %s", tr.ProbeGates(), tr)
+				if tr.ProbeGates() != qdisctest.GatesStopped {
+					t.Fatalf("while the daemon was down the schedule is %s, want stopped", tr.ProbeGates())
+				}
+			}
+
+			// The next daemon: a new client (a new netlink port), setup and
+			// guard over the same NIC; the resumed claim adopts the tree.
+			c2, err := qdisc.NewClient(qdisc.WithNetNS(n.NS))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(c2.Close)
+			stopTraffic := func() {}
+			if tc.traffic {
+				quit, sent := make(chan struct{}), make(chan struct{})
+				go func() {
+					defer close(sent)
+					for {
+						select {
+						case <-quit:
+							return
+						default:
+						}
+						n.Send(t, openPrios, 10, time.Millisecond, 0)
+					}
+				}()
+				stopTraffic = func() { close(quit); <-sent }
+			}
+			d2 := start(c2, tc.guardFirst)
+			if r := rootOf(t, c2); r.Handle != first.Handle {
+				t.Fatalf("the resumed claim rebuilt the schedule (%s -> %s): nothing would be adopted", first.Handle, r.Handle)
+			}
+			got := waitAdopted(t, d2.m, "nic0")
+			took := time.Since(d2.resume)
+			stopTraffic()
+			if got != tc.want {
+				t.Fatalf("the check of the adopted NIC = %s, want %s", got, tc.want)
+			}
+			if v := testutil.CollectAndCount(d2.m.events); v != 0 {
+				t.Errorf("the second daemon counted %d deactivation series: it saw events from while it was down", v)
+			}
+			r := rootOf(t, c2)
+			if tc.want == ResultAdoptedRunning {
+				if r.Handle != first.Handle {
+					t.Fatalf("a running schedule was rebuilt (%s -> %s)", first.Handle, r.Handle)
+				}
+			} else {
+				if r.Kind != "taprio" || r.Handle == first.Handle {
+					t.Fatalf("root after the check %v, want a new taprio (was %s)", r, first.Handle)
+				}
+				if tp2 := r.Qdisc.(*qdisc.Taprio); tp2.BaseTime != tp.BaseTime {
+					t.Errorf("the rebuild moved the base time %d -> %d", tp.BaseTime, tp2.BaseTime)
+				}
+			}
+			n.WaitRunning(t)
+			tr := probe(t, n)
+			t.Logf("%s: %s %s after the claim was resumed (root %s -> %s); gates %s: %s", tc.name, got, took.Round(time.Millisecond), first.Handle, r.Handle, tr.ProbeGates(), tr)
+			// Queue 0 also carries the kernel's own packets (IPv6 after a
+			// link change): at least the 30 datagrams.
+			if tr.ProbeGates() != qdisctest.GatesRunning || tr.Sent[0] < 30 || tr.Sent[1] != 30 {
+				t.Fatalf("after the check the schedule is %s, want running with 30/30 sent through classes 0 and 1: %s", tr.ProbeGates(), tr)
+			}
+		})
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"k8s.io/klog/v2"
 )
@@ -62,6 +63,9 @@ type Setup struct {
 	// claims[nic.Name] holds the UIDs of the claims using the NIC.
 	claims map[string]map[string]bool
 	nics   map[string]NIC
+	// onWatch are told of each NIC the setup begins to watch (Watched), and
+	// since when; called with mu held.
+	onWatch []func(nic NIC, since time.Time)
 }
 
 // New returns a setup that tracks no claims.
@@ -87,6 +91,8 @@ func (s *Setup) Acquire(ctx context.Context, nic NIC, claimUID string) error {
 	defer s.mu.Unlock()
 	users := s.claims[nic.Name]
 	first := len(users) == 0
+	_, watched := s.watchedLocked(nic.Interface)
+	start := time.Now()
 	if err := s.restorers.EnsureRestorer(ctx, nic.Interface); err != nil {
 		return fmt.Errorf("attach the restorer to NIC %s (%s): %w", nic.Name, nic.Interface, err)
 	}
@@ -112,7 +118,26 @@ func (s *Setup) Acquire(ctx context.Context, nic NIC, claimUID string) error {
 		logger.Info("Claim uses NIC", "claims", len(users), "first", first)
 	}
 	s.nics[nic.Name] = nic
+	if _, now := s.watchedLocked(nic.Interface); now && !watched {
+		// Nothing watched the NIC until now: a stop of its schedule before
+		// this call (the daemon was down, the NIC had no claim) sent no
+		// event anyone saw. Apply found the schedule in place and kept it,
+		// so the guard checks it once.
+		for _, f := range s.onWatch {
+			f(nic, start)
+		}
+	}
 	return nil
+}
+
+// OnWatch registers f to be told of each NIC the setup begins to watch (a
+// claim uses it, the driver applies its schedule) and since when: a
+// schedule stopped before then was not seen stopping. f runs with the
+// setup's lock held: it must not block or call the setup.
+func (s *Setup) OnWatch(f func(nic NIC, since time.Time)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onWatch = append(s.onWatch, f)
 }
 
 // Release records that claimUID no longer uses the NIC named nicName; the

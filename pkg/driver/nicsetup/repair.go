@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -35,11 +36,61 @@ const (
 	ResultNotWatched Result = "not_watched"
 )
 
+// Results of the check when the guard begins to watch a NIC (RepairAdopted):
+// a stop from before then (the daemon down, the NIC without claims) sent no
+// event the guard saw, so each NIC is checked once, by the same rules.
+const (
+	// ResultAdoptedRepaired: the schedule had stopped (packets waited and
+	// none left, or it never started) and was built anew.
+	ResultAdoptedRepaired Result = "adopted_repaired"
+	// ResultAdoptedIdle: no packet left or waited during the check, so a
+	// running schedule could not be told from a stopped one: built anew, with
+	// the same base time, to be sure.
+	ResultAdoptedIdle Result = "adopted_idle_rebuilt"
+	// ResultAdoptedRunning: packets left through the gates: left alone.
+	ResultAdoptedRunning Result = "adopted_still_running"
+	// ResultAdoptedBuilt: this process built the schedule as it began to
+	// watch the NIC (the first claim found none, or a different one).
+	ResultAdoptedBuilt Result = "adopted_built"
+	// ResultAdoptedNotOurs: the root is not the driver's schedule: left alone.
+	ResultAdoptedNotOurs Result = "adopted_not_ours"
+	// ResultAdoptedNoGateTimer: nothing stops this schedule's gates.
+	ResultAdoptedNoGateTimer Result = "adopted_no_gate_timer"
+	// ResultAdoptedFailed: checking or re-applying failed.
+	ResultAdoptedFailed Result = "adopted_failed"
+)
+
+// adopted is r as the result of the check of a NIC the guard begins to watch.
+func adopted(r Result, idle bool) Result {
+	switch r {
+	case ResultRepaired:
+		if idle {
+			return ResultAdoptedIdle
+		}
+		return ResultAdoptedRepaired
+	case ResultRunning:
+		return ResultAdoptedRunning
+	case ResultRebuilt:
+		return ResultAdoptedBuilt
+	case ResultNotOurs:
+		return ResultAdoptedNotOurs
+	case ResultNoGateTimer:
+		return ResultAdoptedNoGateTimer
+	case ResultFailed:
+		return ResultAdoptedFailed
+	}
+	return r
+}
+
 // Verdict is what Check found.
 type Verdict struct {
 	Result Result
 	// Detail says what the verdict rests on, for the log.
 	Detail string
+	// Idle: ResultRepaired only because nothing moved: no packet left and
+	// none waited while the schedule was watched, which a running schedule
+	// on an idle NIC shows too.
+	Idle bool
 }
 
 // Repairer is implemented by Schedules that can tell whether a NIC's
@@ -74,26 +125,26 @@ func (q *QdiscSchedules) Check(ctx context.Context, nic NIC, since time.Time) (V
 	built := q.built[nic.Name]
 	q.mu.Unlock()
 	if built.After(since) {
-		return Verdict{ResultRebuilt, fmt.Sprintf("built %s after the event", built.Sub(since).Round(time.Millisecond))}, nil
+		return Verdict{Result: ResultRebuilt, Detail: fmt.Sprintf("built %s after the event", built.Sub(since).Round(time.Millisecond))}, nil
 	}
 	link, want, cur, err := q.desired(nic)
 	if err != nil {
 		return Verdict{Result: ResultFailed}, err
 	}
 	if err := q.client.Matches(link, cur, want); err != nil {
-		return Verdict{ResultNotOurs, err.Error()}, nil
+		return Verdict{Result: ResultNotOurs, Detail: err.Error()}, nil
 	}
 	t, ok := cur.Root.Qdisc.(*qdisc.Taprio)
 	if !ok {
-		return Verdict{ResultNoGateTimer, "root is " + cur.Root.Kind}, nil
+		return Verdict{Result: ResultNoGateTimer, Detail: "root is " + cur.Root.Kind}, nil
 	}
 	if !t.NeedsGateTimer() {
-		return Verdict{ResultNoGateTimer, "full offload or txtime-assist"}, nil
+		return Verdict{Result: ResultNoGateTimer, Detail: "full offload or txtime-assist"}, nil
 	}
 	if !t.Running() {
 		// A schedule that never became the operating one, or is waiting for
 		// a base time: its start was cancelled with the timer.
-		return Verdict{ResultRepaired, "schedule not running yet (its start was cancelled)"}, nil
+		return Verdict{Result: ResultRepaired, Detail: "schedule not running yet (its start was cancelled)"}, nil
 	}
 	window := min(max(2*time.Duration(t.CycleDuration()), minEvidenceWindow), maxEvidenceWindow)
 	before := cur.Root.Stats
@@ -107,13 +158,16 @@ func (q *QdiscSchedules) Check(ctx context.Context, nic NIC, since time.Time) (V
 		return Verdict{Result: ResultFailed}, fmt.Errorf("read qdiscs of %s: %w", nic.Interface, err)
 	}
 	if after.Root != nil && after.Root.Handle == cur.Root.Handle && after.Root.Stats.Packets != before.Packets {
-		return Verdict{ResultRunning, fmt.Sprintf("%d packets left in %s", after.Root.Stats.Packets-before.Packets, window)}, nil
+		return Verdict{Result: ResultRunning, Detail: fmt.Sprintf("%d packets left in %s", after.Root.Stats.Packets-before.Packets, window)}, nil
 	}
 	queued := uint32(0)
 	if after.Root != nil {
 		queued = after.Root.Stats.QLen
 	}
-	return Verdict{ResultRepaired, fmt.Sprintf("no packet left in %s, %d queued", window, queued)}, nil
+	if queued == 0 {
+		return Verdict{ResultRepaired, fmt.Sprintf("no packet left or waited in %s: an idle NIC, running or stopped cannot be told apart", window), true}, nil
+	}
+	return Verdict{Result: ResultRepaired, Detail: fmt.Sprintf("no packet left in %s, %d queued", window, queued)}, nil
 }
 
 // errNotOurs: the root changed between Check and Reapply.
@@ -155,31 +209,74 @@ func (s *Setup) Watched(ifname string) (NIC, bool) {
 	return s.watchedLocked(ifname)
 }
 
+// WatchedNICs returns the NICs Watched reports, sorted by interface.
+func (s *Setup) WatchedNICs() []NIC {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []NIC
+	for name, users := range s.claims {
+		if nic := s.nics[name]; len(users) > 0 && nic.ApplySchedule {
+			out = append(out, nic)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Interface < out[j].Interface })
+	return out
+}
+
 // Repair checks the schedule of the NIC with interface ifname after events
-// (described by what, the first at since) that stop a software taprio, and
+// (described by what, the last at since) that stop a software taprio, and
 // builds it anew if it stopped. Only NICs a claim uses and whose schedule the
 // driver owns are touched; a root somebody else put there is left alone.
 // The check (which may watch the NIC's counters for up to a second) runs
 // without the setup's lock; the re-apply holds it, so it cannot race a
 // claim's Acquire or Release.
 func (s *Setup) Repair(ctx context.Context, ifname string, since time.Time, what string) (Result, error) {
+	return s.repair(ctx, ifname, since, what, false)
+}
+
+// RepairAdopted is Repair for a NIC the guard begins to watch at since: its
+// first claim in this process (after a restart, the resumed ones), a claim
+// on it again after its last one went, or the guard's own start. Whatever
+// stopped its schedule before since (a link flap while the daemon was down,
+// an upgrade's qdisc change) sent no event the guard saw; the same check
+// finds it. Results are the adopted_ ones; what lists events seen since, if
+// any.
+func (s *Setup) RepairAdopted(ctx context.Context, ifname string, since time.Time, what string) (Result, error) {
+	return s.repair(ctx, ifname, since, what, true)
+}
+
+func (s *Setup) repair(ctx context.Context, ifname string, since time.Time, what string, adopt bool) (Result, error) {
 	nic, ok := s.Watched(ifname)
 	if !ok {
 		return ResultNotWatched, nil
 	}
-	logger := klog.FromContext(ctx).WithValues("nic", nic.Name, "interface", ifname, "events", what)
+	logger := klog.FromContext(ctx).WithValues("nic", nic.Name, "interface", ifname)
+	checked := "TSN schedule checked after an event that stops taprio"
+	repaired := "Re-applied the TSN schedule: an event had stopped taprio's gates"
+	result := func(r Result, _ bool) Result { return r }
+	if adopt {
+		logger = logger.WithValues("watchingSince", since.Format(time.RFC3339Nano))
+		if what != "" {
+			logger = logger.WithValues("events", what)
+		}
+		checked = "TSN schedule checked on taking over the NIC (a stop from before sent no event)"
+		repaired = "Re-applied the TSN schedule of a NIC the driver had not been watching"
+		result = adopted
+	} else {
+		logger = logger.WithValues("events", what)
+	}
 	r, ok := s.schedules.(Repairer)
 	if !ok {
 		return ResultNotWatched, nil
 	}
 	v, err := r.Check(ctx, nic, since)
 	if err != nil {
-		logger.Error(err, "Checking the TSN schedule after an event that stops taprio")
-		return ResultFailed, err
+		logger.Error(err, checked+": the check failed")
+		return result(ResultFailed, false), err
 	}
 	if v.Result != ResultRepaired {
-		logger.Info("TSN schedule checked after an event that stops taprio: nothing to do", "result", v.Result, "detail", v.Detail)
-		return v.Result, nil
+		logger.Info(checked+": nothing to do", "result", result(v.Result, false), "detail", v.Detail)
+		return result(v.Result, false), nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -188,12 +285,13 @@ func (s *Setup) Repair(ctx context.Context, ifname string, since time.Time, what
 	}
 	if err := r.Reapply(ctx, nic); err != nil {
 		if errors.Is(err, errNotOurs) {
-			logger.Info("TSN schedule changed by someone else while being checked: left alone", "detail", err.Error())
-			return ResultNotOurs, nil
+			logger.Info(checked+": changed by someone else while being checked, left alone", "result", result(ResultNotOurs, false), "detail", err.Error())
+			return result(ResultNotOurs, false), nil
 		}
-		logger.Error(err, "Re-applying the stopped TSN schedule", "evidence", v.Detail)
-		return ResultFailed, err
+		logger.Error(err, checked+": re-applying the stopped schedule failed", "evidence", v.Detail)
+		return result(ResultFailed, false), err
 	}
-	logger.Info("Re-applied the TSN schedule: an event had stopped taprio's gates", "evidence", v.Detail)
-	return ResultRepaired, nil
+	res := result(ResultRepaired, v.Idle)
+	logger.Info(repaired, "result", res, "evidence", v.Detail)
+	return res, nil
 }
