@@ -22,6 +22,7 @@ type repairFake struct {
 	idle      bool
 	checkErr  error
 	checks    []time.Time // since of each Check
+	windows   []time.Duration
 	reapplied int
 	// onCheck runs inside Check, without the setup's lock.
 	onCheck func()
@@ -30,13 +31,14 @@ type repairFake struct {
 func (f *repairFake) Apply(context.Context, NIC) error  { return nil }
 func (f *repairFake) Remove(context.Context, NIC) error { return nil }
 
-func (f *repairFake) Check(_ context.Context, _ NIC, since time.Time) (Verdict, error) {
+func (f *repairFake) Check(_ context.Context, _ NIC, since time.Time, window time.Duration) (Verdict, error) {
 	if f.onCheck != nil {
 		f.onCheck()
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.checks = append(f.checks, since)
+	f.windows = append(f.windows, window)
 	return Verdict{Result: f.verdict, Detail: "fake", Idle: f.idle}, f.checkErr
 }
 
@@ -163,6 +165,9 @@ func TestGuardEvents(t *testing.T) {
 	if f.checks[0].Before(started) {
 		t.Errorf("check of the adopted NIC since %v, before the guard started (%v): events then were not missed", f.checks[0], started)
 	}
+	if f.windows[0] != adoptEvidenceWindow {
+		t.Errorf("check of the adopted NIC watched traffic for at least %s, want %s", f.windows[0], adoptEvidenceWindow)
+	}
 	expect := func(t *testing.T, event string) {
 		t.Helper()
 		wait(t, event)
@@ -187,6 +192,9 @@ func TestGuardEvents(t *testing.T) {
 	expect(t, eventQdisc)
 	if f.checks[1].Before(before) {
 		t.Errorf("check since %v, before the event (%v)", f.checks[1], before)
+	}
+	if f.windows[1] != 0 {
+		t.Errorf("check after an event watched traffic for at least %s, want the default (two cycles, 20 ms at least)", f.windows[1])
 	}
 	// The driver's own change (its qdisc client's port) is not an event.
 	if err := n.Client.Delete(n.Index(t), qdisc.Handle(0xfffffff1)); err != nil {

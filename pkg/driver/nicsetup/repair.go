@@ -97,9 +97,10 @@ type Verdict struct {
 // schedule stopped and build it anew (QdiscSchedules).
 type Repairer interface {
 	// Check looks at the NIC's schedule after an event at since that stops
-	// a software taprio: Result is ResultRepaired when it has to be built
-	// anew (Reapply), else why not.
-	Check(ctx context.Context, nic NIC, since time.Time) (Verdict, error)
+	// a software taprio, watching its traffic for at least minWindow (0:
+	// two cycles, at least 20 ms): Result is ResultRepaired when it has to
+	// be built anew (Reapply), else why not.
+	Check(ctx context.Context, nic NIC, since time.Time, minWindow time.Duration) (Verdict, error)
 	// Reapply builds the NIC's schedule anew, keeping a running base time.
 	Reapply(ctx context.Context, nic NIC) error
 }
@@ -111,6 +112,11 @@ var _ Repairer = (*QdiscSchedules)(nil)
 const (
 	minEvidenceWindow = 20 * time.Millisecond
 	maxEvidenceWindow = time.Second
+	// adoptEvidenceWindow is the window of the check of a NIC the guard
+	// begins to watch. Its schedule may have stopped long before, so there
+	// is no hurry, and an idle NIC is rebuilt: a longer look spares NICs
+	// with sparse traffic (a stream every 100 ms shows 4 packets).
+	adoptEvidenceWindow = 500 * time.Millisecond
 )
 
 // Check implements Repairer. An event that deactivated the device (a qdisc
@@ -120,7 +126,7 @@ const (
 // and nothing in a dump shows it. So the schedule counts as stopped unless
 // packets are seen leaving through it while it runs: cheap to check, and
 // it spares a NIC whose kernel restarts the timer.
-func (q *QdiscSchedules) Check(ctx context.Context, nic NIC, since time.Time) (Verdict, error) {
+func (q *QdiscSchedules) Check(ctx context.Context, nic NIC, since time.Time, minWindow time.Duration) (Verdict, error) {
 	q.mu.Lock()
 	built := q.built[nic.Name]
 	q.mu.Unlock()
@@ -146,7 +152,7 @@ func (q *QdiscSchedules) Check(ctx context.Context, nic NIC, since time.Time) (V
 		// a base time: its start was cancelled with the timer.
 		return Verdict{Result: ResultRepaired, Detail: "schedule not running yet (its start was cancelled)"}, nil
 	}
-	window := min(max(2*time.Duration(t.CycleDuration()), minEvidenceWindow), maxEvidenceWindow)
+	window := min(max(2*time.Duration(t.CycleDuration()), minEvidenceWindow, minWindow), maxEvidenceWindow)
 	before := cur.Root.Stats
 	select {
 	case <-ctx.Done():
@@ -254,7 +260,9 @@ func (s *Setup) repair(ctx context.Context, ifname string, since time.Time, what
 	checked := "TSN schedule checked after an event that stops taprio"
 	repaired := "Re-applied the TSN schedule: an event had stopped taprio's gates"
 	result := func(r Result, _ bool) Result { return r }
+	var window time.Duration
 	if adopt {
+		window = adoptEvidenceWindow
 		logger = logger.WithValues("watchingSince", since.Format(time.RFC3339Nano))
 		if what != "" {
 			logger = logger.WithValues("events", what)
@@ -269,7 +277,7 @@ func (s *Setup) repair(ctx context.Context, ifname string, since time.Time, what
 	if !ok {
 		return ResultNotWatched, nil
 	}
-	v, err := r.Check(ctx, nic, since)
+	v, err := r.Check(ctx, nic, since, window)
 	if err != nil {
 		logger.Error(err, checked+": the check failed")
 		return result(ResultFailed, false), err
