@@ -9,7 +9,9 @@
 // A software taprio stops for good when its device is deactivated (a link
 // flap, a lost carrier, another process's qdisc change): Guard watches the
 // NICs the driver schedules for such events and has Setup.Repair rebuild the
-// schedule.
+// schedule. A stop nobody saw (the daemon was down, the NIC had no claim)
+// sends no event: the Guard checks each NIC once as it begins to watch it
+// (Setup.RepairAdopted).
 package nicsetup
 
 import (
