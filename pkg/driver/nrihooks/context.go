@@ -9,7 +9,8 @@ import (
 )
 
 // contextHooks gives each hook the driver's logger: the NRI stub calls hooks
-// with contexts of its own.
+// with contexts of its own. The stub subscribes to the events whose methods
+// are defined here.
 type contextHooks struct {
 	h      *Hooks
 	logger logr.Logger
@@ -25,6 +26,10 @@ func (c *contextHooks) Synchronize(ctx context.Context, pods []*api.PodSandbox, 
 
 func (c *contextHooks) RunPodSandbox(ctx context.Context, pod *api.PodSandbox) error {
 	return c.h.RunPodSandbox(c.ctx(ctx), pod)
+}
+
+func (c *contextHooks) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate, error) {
+	return c.h.CreateContainer(c.ctx(ctx), pod, ctr)
 }
 
 func (c *contextHooks) StopPodSandbox(ctx context.Context, pod *api.PodSandbox) error {

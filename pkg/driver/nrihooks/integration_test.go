@@ -228,8 +228,10 @@ func TestPodsThroughNRI(t *testing.T) {
 	pods := map[string]*api.PodSandbox{}
 	for _, uid := range []string{"a", "b", "c"} {
 		pods[uid] = cni.addPod(uid)
-		if err := rt.RunPod(pods[uid]); err != nil {
-			t.Fatalf("RunPodSandbox(%s): %v", uid, err)
+		// As a runtime does: the pod's application runs once its container
+		// is created, which waits for the saver.
+		if err := rt.StartPod(pods[uid]); err != nil {
+			t.Fatalf("RunPodSandbox + CreateContainer(%s): %v", uid, err)
 		}
 	}
 	savers, err := d.mgr.Savers()
@@ -309,9 +311,12 @@ func TestPodsThroughNRI(t *testing.T) {
 	}
 }
 
-// TestHookLatency measures RunPodSandbox and StopPodSandbox through NRI for
-// claimed pods, as containerd calls them (p50/p99 go to the test log), with
-// savers attached as cls_bpf filters (the daemon's default) and as TCX links.
+// TestHookLatency measures RunPodSandbox, CreateContainer and StopPodSandbox
+// through NRI for claimed pods, as containerd calls them (p50/p99 go to the
+// test log), with savers attached as cls_bpf filters (the daemon's default)
+// and as TCX links. RunPodSandbox waits for the attach up to its 10 ms
+// budget; a container waits for what is left of it. test/bench parses the
+// log line.
 func TestHookLatency(t *testing.T) {
 	requireRoot(t)
 	for _, mode := range []datapath.AttachMode{datapath.ModeTC, datapath.ModeTCX} {
@@ -334,11 +339,12 @@ func hookLatency(t *testing.T, mode datapath.AttachMode) {
 	}
 	socket := filepath.Join(t.TempDir(), "nri.sock")
 	rt := nritest.StartRuntime(t, socket)
-	d := startDaemon(t, node, pinDir, socket, plans, prometheus.NewRegistry(), datapath.WithSaverAttachMode(mode))
+	reg := prometheus.NewRegistry()
+	d := startDaemon(t, node, pinDir, socket, plans, reg, datapath.WithSaverAttachMode(mode))
 	defer d.stop(t)
 	rt.WaitSynced()
 
-	var run, stop []time.Duration
+	var run, create, stop []time.Duration
 	for r := 0; r < rounds; r++ {
 		for _, p := range pods {
 			start := time.Now()
@@ -347,6 +353,11 @@ func hookLatency(t *testing.T, mode datapath.AttachMode) {
 			}
 			run = append(run, time.Since(start))
 			start = time.Now()
+			if err := rt.CreateContainer(p, "app"); err != nil {
+				t.Fatalf("CreateContainer(%s): %v", p.Uid, err)
+			}
+			create = append(create, time.Since(start))
+			start = time.Now()
 			if err := rt.StopPod(p); err != nil {
 				t.Fatalf("StopPodSandbox(%s): %v", p.Uid, err)
 			}
@@ -354,17 +365,51 @@ func hookLatency(t *testing.T, mode datapath.AttachMode) {
 		}
 	}
 	p50r, p99r := percentiles(run)
+	p50c, p99c := percentiles(create)
 	p50s, p99s := percentiles(stop)
-	t.Logf("saver attach %s: RunPodSandbox over NRI n=%d p50=%v p99=%v; StopPodSandbox p50=%v p99=%v",
-		mode, len(run), p50r, p99r, p50s, p99s)
+	late := metricSum(t, reg, "tsn_dra_nri_late_attaches_total")
+	waited := metricSum(t, reg, "tsn_dra_nri_container_saver_wait_seconds")
+	// The first part of the line is parsed by test/bench/control.go: keep it.
+	t.Logf("saver attach %s: RunPodSandbox over NRI n=%d p50=%v p99=%v; StopPodSandbox p50=%v p99=%v; CreateContainer (waits for a late attach) p50=%v p99=%v max=%v; attaches past RunPodSandbox's budget %.0f, containers that waited %.0f",
+		mode, len(run), p50r, p99r, p50s, p99s, p50c, p99c, slices.Max(create), late, waited)
 	// containerd drops a hook after 2 s; half of that is a failure whatever
 	// the machine's load (the targets are far lower; see the test log).
-	if p99r > time.Second || p99s > time.Second {
-		t.Errorf("hook p99 too slow: run %v, stop %v (containerd's limit is 2s)", p99r, p99s)
+	if p99r > time.Second || p99s > time.Second || p99c > time.Second {
+		t.Errorf("hook p99 too slow: run %v, create %v, stop %v (containerd's limit is 2s)", p99r, p99c, p99s)
 	}
-	if savers, _ := d.mgr.Savers(); len(savers) != 0 {
-		t.Errorf("savers left after every pod stopped: %v", saverUIDs(savers))
+	// A stop waits for its detach up to 1.5 s and lets it finish after.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		savers, _ := d.mgr.Savers()
+		if len(savers) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("savers left after every pod stopped: %v", saverUIDs(savers))
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// metricSum returns the sum of a counter's values, or of a histogram's
+// sample counts, over all its series.
+func metricSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			v += m.GetCounter().GetValue() + float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return v
 }
 
 func percentiles(d []time.Duration) (p50, p99 time.Duration) {

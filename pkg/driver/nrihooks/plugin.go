@@ -30,9 +30,12 @@ type Options struct {
 
 // Run connects the hooks to the runtime and keeps them connected until ctx is
 // done: a runtime restart closes the connection, and the plugin registers
-// again (the runtime then sends Synchronize, which reconciles).
+// again (the runtime then sends Synchronize, which reconciles). Before it
+// returns, it waits for saver attaches still running in the background (5 s
+// at most), so that the caller may close the data path.
 func Run(ctx context.Context, h *Hooks, opts Options) error {
 	logger := klog.FromContext(ctx)
+	defer h.drain(logger)
 	if opts.RetryInterval <= 0 {
 		opts.RetryInterval = 2 * time.Second
 	}

@@ -2,6 +2,9 @@
 // containerd embeds (github.com/containerd/nri/pkg/adaptation), serving
 // plugins on a unix socket and listing its pod sandboxes to each plugin that
 // connects, so that tests drive the driver's NRI plugin the way a runtime does.
+//
+// Like containerd, the runtime sends one request at a time: a plugin that
+// blocks in a hook holds back every other pod's events.
 package nritest
 
 import (
@@ -73,7 +76,8 @@ func (rt *Runtime) Socket() string { return rt.socket }
 // exits does. A new runtime may then serve on the same socket.
 func (rt *Runtime) Stop() { rt.r.Stop() }
 
-// WaitSynced waits for a plugin to connect and synchronize (20s at most).
+// WaitSynced waits for a plugin to connect and synchronize (20s at most),
+// and for the runtime to list it among the plugins it sends events to.
 func (rt *Runtime) WaitSynced() {
 	rt.t.Helper()
 	select {
@@ -81,6 +85,11 @@ func (rt *Runtime) WaitSynced() {
 	case <-time.After(20 * time.Second):
 		rt.t.Fatal("plugin did not connect and synchronize within 20s")
 	}
+	// The runtime adds the plugin to its list after the sync callback
+	// returns, under its plugin sync lock: events sent before that skip the
+	// plugin. Taking the lock the way containerd does around pod events
+	// waits for the end of the registration.
+	rt.r.BlockPluginSync().Unblock()
 }
 
 // RunPod sends RunPodSandbox to the plugins; the pod is listed in later
@@ -88,6 +97,24 @@ func (rt *Runtime) WaitSynced() {
 func (rt *Runtime) RunPod(p *api.PodSandbox) error {
 	rt.setPod(p)
 	return rt.r.RunPodSandbox(context.Background(), &adaptation.RunPodSandboxRequest{Pod: p})
+}
+
+// CreateContainer sends CreateContainer for a container named name of pod p
+// to the plugins (Container). An error is the one containerd would fail the
+// container with.
+func (rt *Runtime) CreateContainer(p *api.PodSandbox, name string) error {
+	_, err := rt.r.CreateContainer(context.Background(), &adaptation.CreateContainerRequest{Pod: p, Container: Container(p, name)})
+	return err
+}
+
+// StartPod runs the pod and creates its container "app", as a runtime does
+// before the pod's application runs: when it returns nil, the plugins had
+// their say on both (the driver's saver is attached to a pod that claims TSN).
+func (rt *Runtime) StartPod(p *api.PodSandbox) error {
+	if err := rt.RunPod(p); err != nil {
+		return err
+	}
+	return rt.CreateContainer(p, "app")
 }
 
 // StopPod sends StopPodSandbox to the plugins.
@@ -120,6 +147,12 @@ func (rt *Runtime) setPod(p *api.PodSandbox) {
 		}
 	}
 	rt.pods = append(rt.pods, p)
+}
+
+// Container is the NRI view of container name (ID <sandbox ID>-<name>) in
+// pod p.
+func Container(p *api.PodSandbox, name string) *api.Container {
+	return &api.Container{Id: p.GetId() + "-" + name, PodSandboxId: p.GetId(), Name: name}
 }
 
 // Sandbox is the NRI view of pod default/pod-<uid> (sandbox sb-<uid>) with
