@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
@@ -26,6 +27,9 @@ type dataPathFlags struct {
 	quota       uint
 	nriSocket   string
 	nriIndex    string
+	// How long the NRI hooks wait for a saver attach (docs/pod-lifecycle.md).
+	nriAttachWait    time.Duration
+	nriContainerWait time.Duration
 }
 
 func (f *dataPathFlags) register(fs *flag.FlagSet) {
@@ -35,6 +39,22 @@ func (f *dataPathFlags) register(fs *flag.FlagSet) {
 	fs.UintVar(&f.quota, "pod-quota", 256, "in-flight packets one pod may have saved at once (sizes the shared map)")
 	fs.StringVar(&f.nriSocket, "nri-socket", "", "the container runtime's NRI socket (default /var/run/nri/nri.sock)")
 	fs.StringVar(&f.nriIndex, "nri-plugin-index", "10", "order of the NRI plugin among the runtime's plugins")
+	fs.DurationVar(&f.nriAttachWait, "nri-attach-wait", nrihooks.DefaultAttachWait, "how long RunPodSandbox waits for the pod's saver attach before it returns and lets the attach go on (the pod's containers then wait for it); 0 never waits")
+	fs.DurationVar(&f.nriContainerWait, "nri-container-wait", nrihooks.DefaultContainerWait, "how long CreateContainer waits for a saver attach still running before it fails the container (the kubelet retries it); never past the runtime's NRI request deadline less 100ms (containerd: 2s)")
+}
+
+// validate checks the flags that need no system access.
+func (f *dataPathFlags) validate() error {
+	if mode := datapath.AttachMode(f.saverAttach); mode != datapath.ModeTC && mode != datapath.ModeTCX {
+		return fmt.Errorf("--saver-attach=%q: want tc or tcx", f.saverAttach)
+	}
+	if f.nriAttachWait < 0 {
+		return fmt.Errorf("--nri-attach-wait=%v: want 0 or more", f.nriAttachWait)
+	}
+	if f.nriContainerWait <= 0 {
+		return fmt.Errorf("--nri-container-wait=%v: want more than 0", f.nriContainerWait)
+	}
+	return nil
 }
 
 // dataPath is the eBPF data path with the NIC setup and pod hooks on top.
@@ -50,10 +70,10 @@ type dataPath struct {
 // re-applies NIC schedules an event stopped (docs/qdisc.md). nics looks NICs
 // up in the driver's current node config.
 func openDataPath(ctx context.Context, f *dataPathFlags, nics func(string) (config.NIC, bool), reg prometheus.Registerer) (*dataPath, error) {
-	mode := datapath.AttachMode(f.saverAttach)
-	if mode != datapath.ModeTC && mode != datapath.ModeTCX {
-		return nil, fmt.Errorf("--saver-attach=%q: want tc or tcx", f.saverAttach)
+	if err := f.validate(); err != nil {
+		return nil, err
 	}
+	mode := datapath.AttachMode(f.saverAttach)
 	mgr, err := datapath.Open(ctx, datapath.WithPinDir(f.pinDir), datapath.WithSaverAttachMode(mode),
 		datapath.WithMaxPods(uint32(f.maxPods)), datapath.WithQuota(uint32(f.quota)))
 	if err != nil {
@@ -108,7 +128,8 @@ func (p *dataPath) resume(ctx context.Context, claims []driver.PreparedClaim) er
 // runNRI connects the pod hooks to the runtime until ctx ends.
 func (p *dataPath) runNRI(ctx context.Context, f *dataPathFlags, driverName string, store driver.ClaimStore, reg prometheus.Registerer) error {
 	plans := podplan.Source{Claims: store, Logger: klog.FromContext(ctx)}
-	h := nrihooks.New(plans, p.mgr, nrihooks.NewMetrics(reg))
+	h := nrihooks.New(plans, p.mgr, nrihooks.NewMetrics(reg),
+		nrihooks.WithAttachWait(f.nriAttachWait), nrihooks.WithContainerWait(f.nriContainerWait))
 	return nrihooks.Run(ctx, h, nrihooks.Options{PluginName: driverName, PluginIndex: f.nriIndex, SocketPath: f.nriSocket})
 }
 

@@ -7,7 +7,8 @@
 //     controller (slices stay; the kubelet removes them when the plugin stays unregistered);
 //  3. flush events;
 //  4. disconnect from the runtime's NRI: pods started from now on get no saver until the driver
-//     is back (the runtime's Synchronize then attaches them);
+//     is back (the runtime's Synchronize then attaches them); saver attaches and detaches still
+//     queued are done first (5 s at most);
 //  5. stop the HTTP server (/healthz, /readyz, /metrics), so probes answer until the end;
 //  6. close the data path: handles go, programs, pins and qdiscs stay, so running pods keep
 //     their priorities while the driver restarts.
