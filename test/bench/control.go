@@ -53,13 +53,17 @@ func benchNRI(r *report) error {
 	if err != nil {
 		return err
 	}
-	re := regexp.MustCompile(`saver attach (\w+): RunPodSandbox over NRI n=(\d+) p50=(\S+) p99=(\S+); StopPodSandbox p50=(\S+) p99=(\S+)`)
+	// The CreateContainer part came with the barrier at CreateContainer
+	// (docs/pod-lifecycle.md); older lines lack it.
+	re := regexp.MustCompile(`saver attach (\w+): RunPodSandbox over NRI n=(\d+) p50=(\S+) p99=(\S+); StopPodSandbox p50=(\S+) p99=(\S+)` +
+		`(?: \| CreateContainer \(waits for a late attach\) p50=(\S+) p99=(\S+) max=(\S+); attaches past RunPodSandbox's budget (\d+), containers that waited (\d+))?`)
 	ms := re.FindAllStringSubmatch(outp, -1)
 	if len(ms) == 0 {
 		return fmt.Errorf("no latency lines in TestHookLatency's output:\n%s", tail(outp, 2000))
 	}
 	for _, m := range ms {
-		r.nri = append(r.nri, nriResult{mode: m[1], n: m[2], runP50: parseDur(m[3]), runP99: parseDur(m[4]), stopP50: parseDur(m[5]), stopP99: parseDur(m[6])})
+		r.nri = append(r.nri, nriResult{mode: m[1], n: m[2], runP50: parseDur(m[3]), runP99: parseDur(m[4]), stopP50: parseDur(m[5]), stopP99: parseDur(m[6]),
+			createP50: parseDur(m[7]), createP99: parseDur(m[8]), createMax: parseDur(m[9]), late: atoi(m[10]), waited: atoi(m[11]), hasCreate: m[7] != ""})
 		if m[1] == "tc" { // the daemon's default (--saver-attach=tc)
 			r.runP50, r.runP99, r.stopP50, r.stopP99 = parseDur(m[3]), parseDur(m[4]), parseDur(m[5]), parseDur(m[6])
 			r.nriN = fmt.Sprintf("n=%s per hook (10 pods x 10 rounds)", m[2])
