@@ -152,8 +152,9 @@ func TestChurn500(t *testing.T) {
 		timed(&tNetns, t0)
 		t0 = time.Now()
 		sb := nritest.Sandbox(uid, ns.Path)
-		if err := rt.RunPod(sb); err != nil {
-			t.Fatalf("RunPodSandbox(%s): %v", uid, err)
+		// The pod's container is created once its saver is attached.
+		if err := rt.StartPod(sb); err != nil {
+			t.Fatalf("RunPodSandbox + CreateContainer(%s): %v", uid, err)
 		}
 		timed(&tRun, t0)
 		if i%25 == 0 { // traffic from some pods: class 1 is priority 3, class 2 priority 2
@@ -184,7 +185,7 @@ func TestChurn500(t *testing.T) {
 	}
 	t.Logf("%d pods with claims through prepare/run/stop/remove/unprepare in %v; %d packets from %d pods checked at tsn0",
 		pods, time.Since(start).Round(time.Millisecond), sentChecked, tags)
-	t.Logf("per pod: prepare %v, netns+veth %v, RunPodSandbox %v, stop+netns delete+remove %v, unprepare %v",
+	t.Logf("per pod: prepare %v, netns+veth %v, RunPodSandbox+CreateContainer %v, stop+netns delete+remove %v, unprepare %v",
 		tPrepare/time.Duration(pods), tNetns/time.Duration(pods), tRun/time.Duration(pods), tStop/time.Duration(pods), tUnprepare/time.Duration(pods))
 	if err := obs.Close(); err != nil {
 		t.Fatal(err)

@@ -96,11 +96,13 @@ func TestDaemonRestartUnderTraffic(t *testing.T) {
 	}
 	defer func() { d.stop(t); cleanupPins(t, n, dir) }()
 	obs := datapathtest.AttachObserver(t, n, d.mgr.Mode())
-	if err := rt.RunPod(nritest.Sandbox("claimed", pod.Netns)); err != nil {
-		t.Fatalf("RunPodSandbox: %v", err)
+	// As a runtime does: the application runs once its container is created,
+	// which waits for the pod's saver (RunPodSandbox may return before).
+	if err := rt.StartPod(nritest.Sandbox("claimed", pod.Netns)); err != nil {
+		t.Fatalf("RunPodSandbox + CreateContainer: %v", err)
 	}
-	if err := rt.RunPod(nritest.Sandbox("unclaimed", other.Netns)); err != nil {
-		t.Fatalf("RunPodSandbox: %v", err)
+	if err := rt.StartPod(nritest.Sandbox("unclaimed", other.Netns)); err != nil {
+		t.Fatalf("RunPodSandbox + CreateContainer: %v", err)
 	}
 
 	// Traffic from the claimed pod (tag 1, must be restored) and the unclaimed one (tag 2: its
