@@ -4,5 +4,5 @@
 // `make generate` rebuilds them. pkg/tsn/datapath loads and attaches them.
 package bpf
 
-//go:generate go tool bpf2go -go-package bpf -tags linux -cc clang -target bpfel -type tsn_key -type tsn_bucket -type tsn_way -type tsn_policy -type tsn_slot -type tsn_counters -type tsn_gc Tsn tsn.c -- -mcpu=v3 -O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu
+//go:generate go tool bpf2go -go-package bpf -tags linux -cc clang -target bpfel -type tsn_key -type tsn_bucket -type tsn_way -type tsn_policy -type tsn_slot -type tsn_counters -type tsn_misses -type tsn_gc Tsn tsn.c -- -mcpu=v3 -O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu
 //go:generate go tool bpf2go -go-package bpf -tags linux -cc clang -target bpfel -type obs_key Observer observer.c -- -mcpu=v3 -O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu

@@ -108,11 +108,32 @@ struct tsn_slot {
 struct tsn_counters {
 	__u64 saved;
 	__u64 restored;
-	__u64 missed;    /* metadata not saved: quota reached, table collision, no fingerprint */
+	__u64 missed;    /* metadata not saved; why: tsn_miss_reasons */
 	__u64 demoted;
 	__u64 dropped;
 	__u64 rejected;  /* fingerprint ambiguous: two in-flight packets, same bytes, different metadata */
 	__u64 expired;   /* saved, never reached the NIC before the TTL */
+};
+
+/*
+ * Why the saver missed a packet's metadata: indexes of tsn_misses.by_reason,
+ * one of them counted with every tsn_counters.missed. They are part of the
+ * pinned layout (datapath.MissReason in Go): add, never renumber.
+ */
+#define TSN_MISS_QUOTA 0          /* the pod holds its quota of entries */
+#define TSN_MISS_TABLE_FULL 1     /* every way of both buckets held by live entries */
+#define TSN_MISS_NO_FINGERPRINT 2 /* an IP fragment, not IP, or truncated */
+#define TSN_MISS_AMBIGUOUS 3      /* same bytes in flight with other metadata: poisoned */
+#define TSN_MISS_RACE 4           /* another CPU took the free way first */
+#define TSN_MISS_INTERNAL 5       /* a map lookup that cannot fail did */
+/* Room for later reasons: a new one must not change the pinned map's value size. */
+#define TSN_MISS_REASONS 8
+
+/* Per slot and application priority, at the same index as tsn_stats. A map
+ * of its own, so that tsn_counters (pinned, adopted by upgraded drivers)
+ * keeps its layout. */
+struct tsn_misses {
+	__u64 by_reason[TSN_MISS_REASONS];
 };
 
 struct tsn_gc {
@@ -165,10 +186,39 @@ struct {
 	__type(value, struct tsn_gc);
 } tsn_gc_timer SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 64 * TSN_PRIO_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct tsn_misses);
+} tsn_miss_reasons SEC(".maps");
+
 static __always_inline struct tsn_counters *counters(__u32 slot, __u32 bucket)
 {
 	__u32 idx = slot * TSN_PRIO_BUCKETS + bucket;
 	return bpf_map_lookup_elem(&tsn_stats, &idx);
+}
+
+/*
+ * Counts a miss's reason. A global function: the verifier checks it once on
+ * its own instead of on every path of the saver that ends in a miss (6.1's
+ * verifier already walks the saver's paths close to its limit; see
+ * TestVerifierHeadroom). Only misses pay for the call and the lookup.
+ */
+__noinline int tsn_count_miss(__u32 idx, __u32 reason)
+{
+	struct tsn_misses *m = bpf_map_lookup_elem(&tsn_miss_reasons, &idx);
+	if (m)
+		m->by_reason[reason & (TSN_MISS_REASONS - 1)]++;
+	return 0;
+}
+
+/* The saver's every miss: counted missed, and why. */
+static __always_inline int miss(struct tsn_counters *c, __u32 slot, __u32 bucket, __u32 reason)
+{
+	c->missed++;
+	tsn_count_miss(slot * TSN_PRIO_BUCKETS + bucket, reason);
+	return TSN_PASS;
 }
 
 static __always_inline __u32 now_units(void)
@@ -435,15 +485,11 @@ int tsn_saver(struct __sk_buff *skb)
 
 	struct save sv;
 	struct tsn_pkt pkt;
-	if (tsn_fingerprint(skb, &sv.k, 0, 0, 0, &pkt) < 0) {
-		c->missed++;
-		return TSN_PASS;
-	}
+	if (tsn_fingerprint(skb, &sv.k, 0, 0, 0, &pkt) < 0)
+		return miss(c, slot, bucket, TSN_MISS_NO_FINGERPRINT);
 	struct tsn_slot *st = bpf_map_lookup_elem(&tsn_slots, &slot);
-	if (!st) {
-		c->missed++;
-		return TSN_PASS;
-	}
+	if (!st)
+		return miss(c, slot, bucket, TSN_MISS_INTERNAL);
 	sv.h = key_hash(&sv.k);
 	sv.src = src_hash(&pkt);
 	sv.now = now_units();
@@ -476,10 +522,8 @@ int tsn_saver(struct __sk_buff *skb)
 		c->saved++;
 		return TSN_PASS;
 	}
-	if (r == SCAN_POISON) {
-		c->missed++;
-		return TSN_PASS;
-	}
+	if (r == SCAN_POISON)
+		return miss(c, slot, bucket, TSN_MISS_AMBIGUOUS);
 
 	struct tsn_bucket *b = b1;
 	__u32 bi = b1i, cand_s = cand1_s, home = 0;
@@ -496,23 +540,18 @@ int tsn_saver(struct __sk_buff *skb)
 				expired_way(b2, b2i, sv.now, &cand, &cand_s);
 		}
 	}
-	if (cand < 0) {
-		/* Every way of both buckets held by other live packets. */
-		c->missed++;
-		return TSN_PASS;
-	}
+	if (cand < 0) /* Every way of both buckets held by other live packets. */
+		return miss(c, slot, bucket, TSN_MISS_TABLE_FULL);
 	if (__sync_fetch_and_add(&st->inflight, 1) >= pol->quota) {
 		__sync_fetch_and_add(&st->inflight, -1);
-		c->missed++;
-		return TSN_PASS;
+		return miss(c, slot, bucket, TSN_MISS_QUOTA);
 	}
 	cand &= WAYS - 1;
 	__u32 mine = ((cand_s & SEQ_MASK) + SEQ_ONE) | ST_WRITING;
 	if (__sync_val_compare_and_swap(&b->state[cand], cand_s, mine) != cand_s) {
 		/* Another CPU took the way first. */
 		__sync_fetch_and_add(&st->inflight, -1);
-		c->missed++;
-		return TSN_PASS;
+		return miss(c, slot, bucket, TSN_MISS_RACE);
 	}
 	b->owner[cand] = slot;
 	struct tsn_way *e = way_of(bi, cand);

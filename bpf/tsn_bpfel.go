@@ -55,6 +55,11 @@ type TsnTsnKey struct {
 	Data   [16]uint8
 }
 
+type TsnTsnMisses struct {
+	_        structs.HostLayout
+	ByReason [8]uint64
+}
+
 type TsnTsnPolicy struct {
 	_           structs.HostLayout
 	Grant       [16]uint8
@@ -92,6 +97,7 @@ type TsnTsnWay struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	TsnMapTsnGcTimer        = "tsn_gc_timer"
+	TsnMapTsnMissReasons    = "tsn_miss_reasons"
 	TsnMapTsnPolicies       = "tsn_policies"
 	TsnMapTsnSlots          = "tsn_slots"
 	TsnMapTsnStats          = "tsn_stats"
@@ -165,12 +171,13 @@ type TsnProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TsnMapSpecs struct {
-	TsnGcTimer  *ebpf.MapSpec `ebpf:"tsn_gc_timer"`
-	TsnPolicies *ebpf.MapSpec `ebpf:"tsn_policies"`
-	TsnSlots    *ebpf.MapSpec `ebpf:"tsn_slots"`
-	TsnStats    *ebpf.MapSpec `ebpf:"tsn_stats"`
-	TsnTable    *ebpf.MapSpec `ebpf:"tsn_table"`
-	TsnWays     *ebpf.MapSpec `ebpf:"tsn_ways"`
+	TsnGcTimer     *ebpf.MapSpec `ebpf:"tsn_gc_timer"`
+	TsnMissReasons *ebpf.MapSpec `ebpf:"tsn_miss_reasons"`
+	TsnPolicies    *ebpf.MapSpec `ebpf:"tsn_policies"`
+	TsnSlots       *ebpf.MapSpec `ebpf:"tsn_slots"`
+	TsnStats       *ebpf.MapSpec `ebpf:"tsn_stats"`
+	TsnTable       *ebpf.MapSpec `ebpf:"tsn_table"`
+	TsnWays        *ebpf.MapSpec `ebpf:"tsn_ways"`
 }
 
 // TsnVariableSpecs contains global variables before they are loaded into the kernel.
@@ -207,17 +214,19 @@ func (o *TsnObjects) Close() error {
 //
 // It can be passed to LoadTsnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TsnMaps struct {
-	TsnGcTimer  *ebpf.Map `ebpf:"tsn_gc_timer"`
-	TsnPolicies *ebpf.Map `ebpf:"tsn_policies"`
-	TsnSlots    *ebpf.Map `ebpf:"tsn_slots"`
-	TsnStats    *ebpf.Map `ebpf:"tsn_stats"`
-	TsnTable    *ebpf.Map `ebpf:"tsn_table"`
-	TsnWays     *ebpf.Map `ebpf:"tsn_ways"`
+	TsnGcTimer     *ebpf.Map `ebpf:"tsn_gc_timer"`
+	TsnMissReasons *ebpf.Map `ebpf:"tsn_miss_reasons"`
+	TsnPolicies    *ebpf.Map `ebpf:"tsn_policies"`
+	TsnSlots       *ebpf.Map `ebpf:"tsn_slots"`
+	TsnStats       *ebpf.Map `ebpf:"tsn_stats"`
+	TsnTable       *ebpf.Map `ebpf:"tsn_table"`
+	TsnWays        *ebpf.Map `ebpf:"tsn_ways"`
 }
 
 func (m *TsnMaps) Close() error {
 	return _TsnClose(
 		m.TsnGcTimer,
+		m.TsnMissReasons,
 		m.TsnPolicies,
 		m.TsnSlots,
 		m.TsnStats,

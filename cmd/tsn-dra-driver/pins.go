@@ -51,6 +51,22 @@ type pinnedSaver struct {
 
 type priorityCounts struct {
 	Saved, Restored, Missed, Demoted, Dropped, Rejected, Expired uint64
+	// MissedBy splits Missed by reason (datapath.MissReason names); zeros left out.
+	MissedBy map[string]uint64 `json:",omitempty"`
+}
+
+func countsOf(c datapath.PriorityCounters) priorityCounts {
+	pc := priorityCounts{Saved: c.Saved, Restored: c.Restored, Missed: c.Missed, Demoted: c.Demoted,
+		Dropped: c.Dropped, Rejected: c.Rejected, Expired: c.Expired}
+	for _, r := range datapath.MissReasons() {
+		if n := c.MissedBy[r]; n != 0 {
+			if pc.MissedBy == nil {
+				pc.MissedBy = map[string]uint64{}
+			}
+			pc.MissedBy[r.String()] = n
+		}
+	}
+	return pc
 }
 
 // pinnedRestorer is a restorer pinned for a NIC interface.
@@ -102,6 +118,14 @@ func readPins(pinDir string) (*pinnedState, error) {
 		defer ms[i].Close()
 	}
 	policies, slots, stats := ms[0], ms[1], ms[2]
+	// Pins of a driver from before the miss reasons lack this map: counters
+	// without the split then.
+	reasons, err := open(bpf.TsnMapTsnMissReasons)
+	if err == nil {
+		defer reasons.Close()
+	} else {
+		reasons = nil
+	}
 
 	st := &pinnedState{PinDir: pinDir}
 	buf := make([]byte, recordSize)
@@ -146,7 +170,7 @@ func readPins(pinDir string) (*pinnedState, error) {
 			return nil, fmt.Errorf("read slot %d: %w", slot, err)
 		}
 		s.InFlight = sl.Inflight
-		if s.countsRaw, err = readCounters(stats, slot); err != nil {
+		if s.countsRaw, err = readCounters(stats, reasons, slot); err != nil {
 			return nil, err
 		}
 		s.Counters = map[string]priorityCounts{}
@@ -154,7 +178,7 @@ func readPins(pinDir string) (*pinnedState, error) {
 			if c == (datapath.PriorityCounters{}) {
 				continue
 			}
-			s.Counters[prioLabel(p)] = priorityCounts(c)
+			s.Counters[prioLabel(p)] = countsOf(c)
 		}
 		st.Savers = append(st.Savers, s)
 	}
@@ -191,11 +215,20 @@ func readPins(pinDir string) (*pinnedState, error) {
 	return st, nil
 }
 
-// readCounters sums a slot's per-CPU counters, per application priority.
-func readCounters(stats *ebpf.Map, slot uint32) (datapath.Counters, error) {
+// readCounters sums a slot's per-CPU counters, per application priority, and
+// the miss reasons if reasons is not nil.
+func readCounters(stats, reasons *ebpf.Map, slot uint32) (datapath.Counters, error) {
 	var c datapath.Counters
 	const buckets = datapath.OtherPriorities + 1
 	for b := uint32(0); b < buckets; b++ {
+		if reasons != nil {
+			// Before the counters, as the manager does: the sum never exceeds missed.
+			by, err := datapath.ReadMissReasons(reasons, slot*buckets+b)
+			if err != nil {
+				return c, fmt.Errorf("read miss reasons of slot %d: %w", slot, err)
+			}
+			c.ByPriority[b].MissedBy = by
+		}
 		var per []bpf.TsnTsnCounters
 		if err := stats.Lookup(slot*buckets+b, &per); err != nil {
 			return c, fmt.Errorf("read counters of slot %d: %w", slot, err)

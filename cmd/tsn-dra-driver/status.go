@@ -433,14 +433,33 @@ func printSaver(w io.Writer, indent string, s pinnedSaver) {
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "%spriority\tsaved\trestored\tmissed\tdemoted\tdropped\trejected\texpired\t\n", indent)
+	total := map[string]uint64{}
 	for p := 0; p <= datapath.OtherPriorities; p++ {
 		c, ok := s.Counters[prioLabel(p)]
 		if !ok {
 			continue
 		}
 		fmt.Fprintf(tw, "%s%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", indent, prioLabel(p), c.Saved, c.Restored, c.Missed, c.Demoted, c.Dropped, c.Rejected, c.Expired)
+		for r, n := range c.MissedBy {
+			total[r] += n
+		}
 	}
 	tw.Flush()
+	if len(total) > 0 {
+		fmt.Fprintf(w, "%smissed by reason: %s\n", indent, missedBy(total))
+	}
+}
+
+// missedBy lists non-zero miss reasons in datapath.MissReason order:
+// "quota 84, ambiguous 5".
+func missedBy(by map[string]uint64) string {
+	var parts []string
+	for _, r := range datapath.MissReasons() {
+		if n := by[r.String()]; n != 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", r, n))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 func orDash(s string) string {

@@ -259,3 +259,32 @@ func testPinsMatchManager(t *testing.T, saverMode datapath.AttachMode) {
 		t.Errorf("the pod's saver is reported as orphaned")
 	}
 }
+
+// TestPrintSaverMissReasons: the text output sums the miss reasons over the
+// pod's priorities on one line under the counters; JSON keeps them per priority.
+func TestPrintSaverMissReasons(t *testing.T) {
+	var c datapath.PriorityCounters
+	c.Saved, c.Missed = 10, 7
+	c.MissedBy[datapath.MissQuota], c.MissedBy[datapath.MissAmbiguous] = 4, 1
+	other := datapath.PriorityCounters{Missed: 2}
+	other.MissedBy[datapath.MissUnfingerprintable], other.MissedBy[datapath.MissQuota] = 1, 1
+	s := pinnedSaver{PodUID: "u", Ifname: "eth0", Mode: datapath.ModeTC, Attached: true,
+		Counters: map[string]priorityCounts{"3": countsOf(c), "16+": countsOf(other)}}
+	var out bytes.Buffer
+	printSaver(&out, "  ", s)
+	if want := "  missed by reason: quota 5, unfingerprintable 1, ambiguous 1\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("output lacks %q:\n%s", want, out.String())
+	}
+	data, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `"3":{"Saved":10,"Restored":0,"Missed":7,"Demoted":0,"Dropped":0,"Rejected":0,"Expired":0,"MissedBy":{"ambiguous":1,"quota":4}}`; !strings.Contains(string(data), want) {
+		t.Errorf("json lacks %s:\n%s", want, data)
+	}
+	out.Reset()
+	printSaver(&out, "", pinnedSaver{Counters: map[string]priorityCounts{"1": {Saved: 1}}})
+	if strings.Contains(out.String(), "missed by reason") {
+		t.Errorf("no misses, yet:\n%s", out.String())
+	}
+}

@@ -1,5 +1,6 @@
 // Package dpmetrics exports the eBPF data path's per-pod, per-priority counters
-// as Prometheus metrics.
+// as Prometheus metrics: tsn_dra_datapath_packets_total by result, and
+// tsn_dra_datapath_missed_packets_total, the missed ones by reason.
 //
 // The counters live in a per-CPU BPF map that the kernel updates for every
 // packet; copying them into Prometheus counters on every change would cost a
@@ -37,6 +38,7 @@ type Collector struct {
 	logger klog.Logger
 
 	packets    *prometheus.Desc
+	missed     *prometheus.Desc
 	savers     *prometheus.Desc
 	scrapeErrs *prometheus.Desc
 
@@ -58,6 +60,14 @@ func New(src Source, names PodNamer, logger klog.Logger) *Collector {
 				"(ungranted priority), rejected (ambiguous fingerprint at the NIC), expired "+
 				"(never reached the NIC). priority \"16+\" counts priorities above 15.",
 			[]string{"namespace", "pod", "pod_uid", "interface", "priority", "result"}, nil),
+		missed: prometheus.NewDesc("tsn_dra_datapath_missed_packets_total",
+			"Packets of a pod's application priority whose metadata the saver could not store, by reason: "+
+				"quota (the pod holds its quota of in-flight entries), table_full (both buckets of the "+
+				"packet full of live entries), unfingerprintable (IP fragment, not IP, truncated), "+
+				"ambiguous (same bytes in flight with other metadata), race (another CPU took the way), "+
+				"internal (a map lookup failed). The reasons add up to "+
+				"tsn_dra_datapath_packets_total{result=\"missed\"}.",
+			[]string{"namespace", "pod", "pod_uid", "interface", "priority", "reason"}, nil),
 		savers: prometheus.NewDesc("tsn_dra_datapath_savers",
 			"Pods with a saver attached on this node.", nil, nil),
 		scrapeErrs: prometheus.NewDesc("tsn_dra_datapath_scrape_errors_total",
@@ -68,13 +78,16 @@ func New(src Source, names PodNamer, logger klog.Logger) *Collector {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.packets
+	ch <- c.missed
 	ch <- c.savers
 	ch <- c.scrapeErrs
 }
 
 // Collect implements prometheus.Collector. Priorities whose counters are all
 // zero are left out: a pod uses few of the 17 priority buckets, and 7 series
-// per unused bucket would only add cardinality.
+// (and 6 reasons) per unused bucket would only add cardinality. A priority
+// that is reported gets every result and every miss reason, zeros included,
+// so that rate() sees a series' first increment.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	savers, err := c.src.Savers()
 	if err != nil {
@@ -108,6 +121,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			for i, v := range vals {
 				ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(v),
 					ns, name, s.PodUID, s.Ifname, label, Results[i])
+			}
+			for _, r := range datapath.MissReasons() {
+				ch <- prometheus.MustNewConstMetric(c.missed, prometheus.CounterValue, float64(pc.MissedBy[r]),
+					ns, name, s.PodUID, s.Ifname, label, r.String())
 			}
 		}
 	}

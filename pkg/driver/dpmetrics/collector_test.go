@@ -121,3 +121,69 @@ func TestValuesOrder(t *testing.T) {
 		t.Fatalf("%d values, %d results", len(v), len(Results))
 	}
 }
+
+// TestCollectorMissReasons: the missed packets of each reported priority,
+// split by reason in their own family, with every reason present (zeros
+// included) and the packets family unchanged.
+func TestCollectorMissReasons(t *testing.T) {
+	var a datapath.Counters
+	a.ByPriority[3] = datapath.PriorityCounters{Saved: 10, Missed: 5}
+	a.ByPriority[3].MissedBy[datapath.MissQuota] = 3
+	a.ByPriority[3].MissedBy[datapath.MissAmbiguous] = 2
+	a.ByPriority[5] = datapath.PriorityCounters{Saved: 1} // reported: its reasons are all 0
+	a.ByPriority[datapath.OtherPriorities] = datapath.PriorityCounters{Missed: 1}
+	a.ByPriority[datapath.OtherPriorities].MissedBy[datapath.MissUnfingerprintable] = 1
+	src := &fakeSource{
+		savers:   []datapath.SaverInfo{{PodUID: "uid-a", Ifname: "net1"}},
+		counters: map[string]datapath.Counters{"uid-a": a},
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(New(src, func(string) (string, string, bool) { return "prod", "talker", true }, klog.Background()))
+
+	const family = "tsn_dra_datapath_missed_packets_total"
+	reasons := len(datapath.MissReasons())
+	if n, err := testutil.GatherAndCount(reg, family); err != nil || n != 3*reasons {
+		t.Errorf("%s series: %d, %v; want %d (3 priorities x %d reasons)", family, n, err, 3*reasons, reasons)
+	}
+	if n, err := testutil.GatherAndCount(reg, "tsn_dra_datapath_packets_total"); err != nil || n != 3*len(Results) {
+		t.Errorf("packets series: %d, %v; want %d", n, err, 3*len(Results))
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != family {
+			continue
+		}
+		if mf.GetType().String() != "COUNTER" || !strings.Contains(mf.GetHelp(), "by reason") {
+			t.Errorf("%s: type %s, help %q", family, mf.GetType(), mf.GetHelp())
+		}
+		for _, m := range mf.Metric {
+			l := map[string]string{}
+			for _, lp := range m.Label {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			if l["namespace"] != "prod" || l["pod"] != "talker" || l["pod_uid"] != "uid-a" || l["interface"] != "net1" {
+				t.Errorf("labels %v", l)
+			}
+			got[l["priority"]+"/"+l["reason"]] = m.Counter.GetValue()
+		}
+	}
+	want := map[string]float64{
+		"3/quota": 3, "3/ambiguous": 2, "3/table_full": 0, "3/unfingerprintable": 0, "3/race": 0, "3/internal": 0,
+		"5/quota": 0, "5/ambiguous": 0,
+		"16+/unfingerprintable": 1, "16+/quota": 0,
+	}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
+	}
+	for k := range got {
+		if strings.HasPrefix(k, "0/") || strings.HasPrefix(k, "7/") {
+			t.Errorf("series %s for a priority without packets", k)
+		}
+	}
+}

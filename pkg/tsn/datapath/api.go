@@ -159,9 +159,8 @@ type PriorityCounters struct {
 	Saved uint64
 	// Restored: packets whose metadata the restorer wrote back at the NIC.
 	Restored uint64
-	// Missed: packets with metadata the saver could not store (per-pod quota
-	// reached, map full, not fingerprintable such as IP fragments, or the same
-	// bytes already in flight with other metadata).
+	// Missed: packets with metadata the saver could not store; MissedBy says
+	// why.
 	Missed uint64
 	// Demoted: packets with an ungranted priority sent on with the default priority.
 	Demoted uint64
@@ -172,6 +171,11 @@ type PriorityCounters struct {
 	Rejected uint64
 	// Expired: saved entries that did not reach the NIC within the TTL.
 	Expired uint64
+	// MissedBy splits Missed by reason: MissedBy[MissQuota] and so on. Its
+	// sum is Missed, except for misses of a saver program loaded by a driver
+	// older than this split (it keeps running on an upgrade until its pod
+	// goes), which are counted in Missed only.
+	MissedBy [NumMissReasons]uint64
 }
 
 func (c *PriorityCounters) add(o PriorityCounters) {
@@ -182,6 +186,61 @@ func (c *PriorityCounters) add(o PriorityCounters) {
 	c.Dropped += o.Dropped
 	c.Rejected += o.Rejected
 	c.Expired += o.Expired
+	for r, n := range o.MissedBy {
+		c.MissedBy[r] += n
+	}
+}
+
+// MissReason is why the saver could not store a packet's metadata. The
+// values index the pinned map tsn_miss_reasons (TSN_MISS_* in bpf/tsn.c).
+type MissReason int
+
+const (
+	// MissQuota: the pod already held its quota of in-flight entries
+	// (WithQuota): a burst larger than the quota, or packets that never reach
+	// the NIC (local destinations) holding entries until they expire.
+	MissQuota MissReason = iota
+	// MissTableFull: every way of the packet's home and second bucket was
+	// held by live entries (table pressure).
+	MissTableFull
+	// MissUnfingerprintable: the packet has no fingerprint: an IP fragment,
+	// not IPv4/IPv6, or too short.
+	MissUnfingerprintable
+	// MissAmbiguous: a packet with the same bytes from the same pod was in
+	// flight with other metadata; the entry is poisoned and neither packet
+	// is restored (the restorer counts the other one rejected).
+	MissAmbiguous
+	// MissRace: another CPU took the free way this packet had found.
+	MissRace
+	// MissInternal: a map lookup that cannot fail did (a bug, or maps changed
+	// under a running program).
+	MissInternal
+	// NumMissReasons is the number of reasons.
+	NumMissReasons
+)
+
+// missReasonSlots is the number of reason counters per slot and priority in
+// the pinned map (TSN_MISS_REASONS): room for later reasons.
+const missReasonSlots = 8
+
+var missReasonNames = [NumMissReasons]string{"quota", "table_full", "unfingerprintable", "ambiguous", "race", "internal"}
+
+// String returns the reason's name as in metrics and the status command:
+// quota, table_full, unfingerprintable, ambiguous, race, internal.
+func (r MissReason) String() string {
+	if r >= 0 && r < NumMissReasons {
+		return missReasonNames[r]
+	}
+	return fmt.Sprintf("MissReason(%d)", int(r))
+}
+
+// MissReasons lists every reason, in order.
+func MissReasons() []MissReason {
+	out := make([]MissReason, NumMissReasons)
+	for i := range out {
+		out[i] = MissReason(i)
+	}
+	return out
 }
 
 // Counters of one pod: ByPriority[p] for application priority p (0..15), and

@@ -53,10 +53,12 @@ type saverState struct {
 	gen  uint32
 }
 
-// bpf map names, as pinned.
+// bpf map names, as pinned. A map added later (tsn_miss_reasons) is created
+// when a manager adopts a pin directory made before it: the layout of the
+// others, and so the directory's version, stays.
 var sharedMaps = []string{
 	bpf.TsnMapTsnTable, bpf.TsnMapTsnWays, bpf.TsnMapTsnPolicies, bpf.TsnMapTsnSlots,
-	bpf.TsnMapTsnStats, bpf.TsnMapTsnGcTimer,
+	bpf.TsnMapTsnStats, bpf.TsnMapTsnGcTimer, bpf.TsnMapTsnMissReasons,
 }
 
 const (
@@ -155,6 +157,7 @@ func (m *Manager) load() error {
 	spec.Maps[bpf.TsnMapTsnPolicies].MaxEntries = o.maxPods
 	spec.Maps[bpf.TsnMapTsnSlots].MaxEntries = o.maxPods
 	spec.Maps[bpf.TsnMapTsnStats].MaxEntries = o.maxPods * prioBuckets
+	spec.Maps[bpf.TsnMapTsnMissReasons].MaxEntries = o.maxPods * prioBuckets
 	// Configuration is compiled in as constants: no map lookup per packet.
 	for name, v := range map[string]any{
 		bpf.TsnVarHaveClockTypes: boolU8(m.features.ClockTypes),
@@ -605,6 +608,13 @@ func (m *Manager) Counters(podUID string) (Counters, error) {
 func (m *Manager) slotCounters(slot uint32) (Counters, error) {
 	var c Counters
 	for b := uint32(0); b < prioBuckets; b++ {
+		// Reasons first: the saver counts missed before the reason, so read
+		// in this order they never add up to more than missed.
+		by, err := ReadMissReasons(m.maps[bpf.TsnMapTsnMissReasons], slot*prioBuckets+b)
+		if err != nil {
+			return c, fmt.Errorf("read miss reasons of slot %d: %w", slot, err)
+		}
+		c.ByPriority[b].MissedBy = by
 		var per []bpf.TsnTsnCounters
 		if err := m.maps[bpf.TsnMapTsnStats].Lookup(slot*prioBuckets+b, &per); err != nil {
 			return c, fmt.Errorf("read counters of slot %d: %w", slot, err)
@@ -617,6 +627,23 @@ func (m *Manager) slotCounters(slot uint32) (Counters, error) {
 		}
 	}
 	return c, nil
+}
+
+// ReadMissReasons sums the per-CPU miss reasons at index idx (slot *
+// (OtherPriorities+1) + application priority) of the map tsn_miss_reasons.
+// The status command reads the pinned map with it.
+func ReadMissReasons(reasons *ebpf.Map, idx uint32) ([NumMissReasons]uint64, error) {
+	var by [NumMissReasons]uint64
+	var per []bpf.TsnTsnMisses
+	if err := reasons.Lookup(idx, &per); err != nil {
+		return by, err
+	}
+	for _, v := range per {
+		for r := range by {
+			by[r] += v.ByReason[r]
+		}
+	}
+	return by, nil
 }
 
 // InFlight returns how many entries the pod holds now (its quota use), and how

@@ -237,6 +237,13 @@ func testMapBounded(t *testing.T, opts ...datapath.Option) {
 	if tot.Missed == 0 || tot.Saved+tot.Missed < floodCount || tot.Saved+tot.Missed > floodCount+8 {
 		t.Errorf("want the flood past the quota counted as missed: %+v", tot)
 	}
+	var reasons uint64
+	for _, n := range tot.MissedBy {
+		reasons += n
+	}
+	if reasons != tot.Missed || tot.MissedBy[datapath.MissQuota] == 0 {
+		t.Errorf("want the misses counted by reason, mostly quota: missed %d, by reason %v", tot.Missed, tot.MissedBy)
+	}
 	r := datapathtest.WaitTotal(t, obs, 10, uint64(goodSent), waitLimit)
 	gc, _ := m.Counters("good")
 	t.Logf("other pod during the flood: %+v, its counters %+v", r, gc.Total())
@@ -320,7 +327,8 @@ func TestIdenticalBytes(t *testing.T) {
 	phase("pod without saver, same bytes", sb, 0, 0, 0)
 	phase("pod a, same bytes, priority 3", sa, 0, 3, 0)
 	c, _ := m.Counters("a")
-	if c.ByPriority[3].Missed != count || c.ByPriority[5].Rejected != count || c.ByPriority[3].Restored != 0 {
+	if c.ByPriority[3].Missed != count || c.ByPriority[3].MissedBy[datapath.MissAmbiguous] != count ||
+		c.ByPriority[5].Rejected != count || c.ByPriority[3].Restored != 0 {
 		t.Errorf("want the collisions counted (priority 3 missed, priority 5 rejected): 3: %+v, 5: %+v",
 			c.ByPriority[3], c.ByPriority[5])
 	}

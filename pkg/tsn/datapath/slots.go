@@ -110,9 +110,13 @@ func (m *Manager) resetSlot(slot uint32) (uint32, error) {
 		return 0, fmt.Errorf("reset policy of slot %d: %w", slot, err)
 	}
 	zero := make([]bpf.TsnTsnCounters, ebpf.MustPossibleCPU())
+	zeroReasons := make([]bpf.TsnTsnMisses, ebpf.MustPossibleCPU())
 	for b := uint32(0); b < prioBuckets; b++ {
 		if err := m.maps[bpf.TsnMapTsnStats].Put(slot*prioBuckets+b, zero); err != nil {
 			return 0, fmt.Errorf("reset counters of slot %d: %w", slot, err)
+		}
+		if err := m.maps[bpf.TsnMapTsnMissReasons].Put(slot*prioBuckets+b, zeroReasons); err != nil {
+			return 0, fmt.Errorf("reset miss reasons of slot %d: %w", slot, err)
 		}
 	}
 	gen := (old.Gen + 1) & 0xffff

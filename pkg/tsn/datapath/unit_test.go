@@ -54,8 +54,23 @@ func TestLayout(t *testing.T) {
 	if s := unsafe.Sizeof(bpf.TsnTsnBucket{}); s != 64 {
 		t.Errorf("tsn_bucket is %d bytes, want one cache line", s)
 	}
+	if n := len(bpf.TsnTsnMisses{}.ByReason); n != missReasonSlots || NumMissReasons > missReasonSlots {
+		t.Errorf("tsn_misses has %d reason counters, want %d (room for %d reasons)", n, missReasonSlots, NumMissReasons)
+	}
 	if s := unsafe.Sizeof(record{}); s != recordSize {
 		t.Errorf("record is %d bytes, want %d", s, recordSize)
+	}
+}
+
+func TestMissReasonNames(t *testing.T) {
+	want := []string{"quota", "table_full", "unfingerprintable", "ambiguous", "race", "internal"}
+	for i, r := range MissReasons() {
+		if r.String() != want[i] {
+			t.Errorf("reason %d is %q, want %q", i, r, want[i])
+		}
+	}
+	if len(MissReasons()) != len(want) || NumMissReasons.String() != "MissReason(6)" {
+		t.Errorf("reasons %v", MissReasons())
 	}
 }
 
