@@ -1,6 +1,7 @@
 package datapath_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
@@ -251,4 +253,69 @@ func programsOn(t *testing.T, netnsPath, ifname string, mode datapath.AttachMode
 		t.Fatalf("query programs on %s: %v", ifname, err)
 	}
 	return count
+}
+
+// TestUpgradeReplacesOldSavers: a saver attached by another build of the
+// driver (here a program that saves nothing) is replaced in place when a
+// manager of this build adopts it, so a pod running across a driver upgrade
+// keeps its restores without being recreated.
+func TestUpgradeReplacesOldSavers(t *testing.T) {
+	datapathtest.NeedRoot(t)
+	for _, mode := range modes(t) {
+		t.Run(string(mode), func(t *testing.T) {
+			ctx := testCtx(t)
+			n := datapathtest.NewNode(t, netemu.Routed, 1)
+			dir := datapathtest.PinDir(t, pinPrefix)
+			opts := []datapath.Option{datapath.WithPinDir(dir), datapath.WithNetns(n.HostNetns), datapath.WithAttachMode(mode)}
+			m1, err := datapath.Open(ctx, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pod := n.Pods[0]
+			if err := m1.AttachSaver(ctx, "pod-a", pod.Netns, pod.Ifname, allowAll); err != nil {
+				t.Fatal(err)
+			}
+			savers, err := m1.Savers()
+			if err != nil || len(savers) != 1 {
+				t.Fatalf("savers = %+v, %v", savers, err)
+			}
+			old, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+				Name: "tsn_old_saver", Type: ebpf.SchedCLS, License: "Dual BSD/GPL",
+				Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}, // pass, save nothing
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer old.Close()
+			pin := filepath.Join(dir, "savers", fmt.Sprintf("slot-%d", savers[0].Slot))
+			if err := netemu.InNetns(pod.Netns, func() error {
+				l, err := netlink.LinkByName(pod.Ifname)
+				if err != nil {
+					return err
+				}
+				return hook.Attach(hook.Mode(mode), old, l.Attrs().Index, hook.First, pin)
+			}); err != nil {
+				t.Fatalf("put the other build's saver in place: %v", err)
+			}
+			if err := m1.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			m2, err := datapath.Open(ctx, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = m2.Uninstall(ctx) })
+			obs := restoreAndObserve(t, ctx, n, m2)
+			s := newSender(t, pod.Netns, n)
+			const count = 1000
+			sendMix(t, s, obs, 1, count)
+			res := datapathtest.WaitTotal(t, obs, 1, count, 5*time.Second)
+			if res.Right != count || res.Wrong != 0 {
+				t.Errorf("after the upgrade: want %d right and 0 wrong, got %+v", count, res)
+			}
+			c, _ := m2.Counters("pod-a")
+			t.Logf("after the upgrade: %+v; counters %+v", res, c.Total())
+		})
+	}
 }

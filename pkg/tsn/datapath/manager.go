@@ -128,6 +128,7 @@ func Open(ctx context.Context, opts ...Option) (*Manager, error) {
 	// now, so that even the first AttachSaver only attaches.
 	m.prepare(ctx)
 	m.refill.Wait()
+	m.upgradeSavers(ctx)
 	if m.timerErr != nil {
 		log.Info("kernel refuses bpf_timer (PREEMPT_RT?): expiring entries from a goroutine while open", "err", m.timerErr)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 	"k8s.io/klog/v2"
 
 	"github.com/tsn-dra-driver/tsn-dra-driver/bpf"
@@ -165,4 +166,89 @@ func (m *Manager) adopt(ctx context.Context) error {
 			"attached", hook.Attached(hook.Mode(info.Mode), m.saverPin(slot)))
 	}
 	return nil
+}
+
+// upgradeSavers gives adopted savers this manager's program when theirs is
+// another one (a driver upgrade). The restorer is replaced in place by
+// EnsureRestorer, and a restorer and savers from different builds may not
+// agree on where an entry lives: without this, the pods running across an
+// upgrade would keep their old savers, and lose their restores, until they
+// were recreated. A plain restart finds the same program (the kernel's tag
+// covers the instructions, not the slot, which is in a map) and loads nothing.
+func (m *Manager) upgradeSavers(ctx context.Context) {
+	log := klog.FromContext(ctx)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	want := ""
+	for _, s := range m.savers {
+		pin := m.saverPin(s.info.Slot)
+		if !hook.Attached(hook.Mode(s.info.Mode), pin) {
+			continue
+		}
+		old, err := pinnedProgram(pin)
+		if err != nil {
+			log.Error(err, "cannot read an adopted saver's program", "pod", s.info.PodUID, "slot", s.info.Slot)
+			continue
+		}
+		oldInfo, err := old.Info()
+		old.Close()
+		if err != nil {
+			log.Error(err, "cannot read an adopted saver's program", "pod", s.info.PodUID, "slot", s.info.Slot)
+			continue
+		}
+		if want == "" {
+			if want, err = m.saverTagLocked(); err != nil {
+				log.Error(err, "cannot tell whether adopted savers are current; they keep their programs")
+				return
+			}
+		}
+		if oldInfo.Tag == want {
+			continue
+		}
+		prog, ok := m.prepared[s.info.Slot]
+		if !ok {
+			if prog, err = m.loadSaver(s.info.Slot); err != nil {
+				log.Error(err, "cannot load the current saver for an adopted pod; it keeps its old program", "pod", s.info.PodUID, "slot", s.info.Slot)
+				continue
+			}
+			m.prepared[s.info.Slot] = prog
+		}
+		info := s.info
+		err = hook.InNetns(info.NetnsPath, func() error {
+			l, err := netlink.LinkByName(info.Ifname)
+			if err != nil {
+				return fmt.Errorf("find pod interface %s: %w", info.Ifname, err)
+			}
+			// In place (a link update, or a filter replace): the pod's
+			// packets never pass without a saver.
+			return hook.Attach(hook.Mode(info.Mode), prog, l.Attrs().Index, hook.First, pin)
+		})
+		if err != nil {
+			// Its pod may be gone (the runtime's Synchronize detaches it then).
+			log.Error(err, "cannot replace an adopted saver's program; it keeps the old one", "pod", info.PodUID, "slot", info.Slot, "netns", info.NetnsPath)
+			continue
+		}
+		log.Info("Replaced an adopted saver's program with this build's", "pod", info.PodUID, "slot", info.Slot, "oldTag", oldInfo.Tag, "tag", want)
+	}
+}
+
+// saverTagLocked is the kernel's tag of this build's saver program.
+func (m *Manager) saverTagLocked() (string, error) {
+	for _, p := range m.prepared {
+		info, err := p.Info()
+		if err != nil {
+			return "", err
+		}
+		return info.Tag, nil
+	}
+	p, err := m.loadSaver(0)
+	if err != nil {
+		return "", err
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		return "", err
+	}
+	return info.Tag, nil
 }
