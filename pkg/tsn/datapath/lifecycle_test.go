@@ -1,6 +1,7 @@
 package datapath_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -40,13 +41,7 @@ func TestRestartMidTraffic(t *testing.T) {
 	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			ctx := testCtx(t)
-			n := datapathtest.NewNode(t, netemu.Routed, 1)
-			dir := datapathtest.PinDir(t, pinPrefix)
-			opts := []datapath.Option{datapath.WithPinDir(dir), datapath.WithNetns(n.HostNetns), datapath.WithAttachMode(mode)}
-			m1, err := datapath.Open(ctx, opts...)
-			if err != nil {
-				t.Fatal(err)
-			}
+			n, _, opts, m1 := firstManager(t, ctx, mode)
 			if err := m1.EnsureRestorer(ctx, netemu.NIC); err != nil {
 				t.Fatal(err)
 			}
@@ -255,6 +250,21 @@ func programsOn(t *testing.T, netnsPath, ifname string, mode datapath.AttachMode
 	return count
 }
 
+// firstManager opens the first of two managers over one pin directory (a
+// restart, an upgrade) on a one-pod routed node, and returns what the second
+// one needs to open the same.
+func firstManager(t *testing.T, ctx context.Context, mode datapath.AttachMode) (*netemu.Node, string, []datapath.Option, *datapath.Manager) {
+	t.Helper()
+	n := datapathtest.NewNode(t, netemu.Routed, 1)
+	dir := datapathtest.PinDir(t, pinPrefix)
+	opts := []datapath.Option{datapath.WithPinDir(dir), datapath.WithNetns(n.HostNetns), datapath.WithAttachMode(mode)}
+	m, err := datapath.Open(ctx, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, dir, opts, m
+}
+
 // TestUpgradeReplacesOldSavers: a saver attached by another build of the
 // driver (here a program that saves nothing) is replaced in place when a
 // manager of this build adopts it, so a pod running across a driver upgrade
@@ -264,13 +274,7 @@ func TestUpgradeReplacesOldSavers(t *testing.T) {
 	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			ctx := testCtx(t)
-			n := datapathtest.NewNode(t, netemu.Routed, 1)
-			dir := datapathtest.PinDir(t, pinPrefix)
-			opts := []datapath.Option{datapath.WithPinDir(dir), datapath.WithNetns(n.HostNetns), datapath.WithAttachMode(mode)}
-			m1, err := datapath.Open(ctx, opts...)
-			if err != nil {
-				t.Fatal(err)
-			}
+			n, dir, opts, m1 := firstManager(t, ctx, mode)
 			pod := n.Pods[0]
 			if err := m1.AttachSaver(ctx, "pod-a", pod.Netns, pod.Ifname, allowAll); err != nil {
 				t.Fatal(err)
